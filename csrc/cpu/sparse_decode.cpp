@@ -1,0 +1,164 @@
+// CPU sparse decode (SPEC section 3), forward and backward, and the row primitives it shares
+// with the encoder backward.
+#include "checks.h"
+#include "cpu/sparse_rows.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+namespace saekit::cpu {
+
+namespace {
+
+constexpr int64_t kRowGrain = 16;
+
+at::ScalarType acc_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace
+
+at::Tensor gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::Tensor& W) {
+  const int64_t N = idx.size(0), k = idx.size(1), d = W.size(1);
+  auto out = at::empty({N, d}, W.options().dtype(acc_type(W.scalar_type())));
+  if (N == 0) return out;
+  auto Wc = W.contiguous();
+  auto idxc = idx.contiguous();
+  auto coefc = coef.to(out.scalar_type()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, W.scalar_type(), "gather_rows", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* w = Wc.data_ptr<scalar_t>();
+    const int64_t* ix = idxc.data_ptr<int64_t>();
+    const acc_t* cf = coefc.data_ptr<acc_t>();
+    acc_t* o = out.data_ptr<acc_t>();
+    at::parallel_for(0, N, kRowGrain, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) {
+        acc_t* on = o + n * d;
+        for (int64_t t = 0; t < d; ++t) on[t] = acc_t(0);
+        for (int64_t j = 0; j < k; ++j) {
+          const acc_t c = cf[n * k + j];
+          const scalar_t* wr = w + ix[n * k + j] * d;
+          for (int64_t t = 0; t < d; ++t) on[t] += c * static_cast<acc_t>(wr[t]);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::Tensor& W) {
+  const int64_t N = idx.size(0), k = idx.size(1), d = W.size(1);
+  auto out = at::empty({N, k}, W.options().dtype(acc_type(W.scalar_type())));
+  if (N == 0 || k == 0) return out;
+  auto Wc = W.contiguous();
+  auto idxc = idx.contiguous();
+  auto rowsc = rows.to(out.scalar_type()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, W.scalar_type(), "gather_dot", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* w = Wc.data_ptr<scalar_t>();
+    const int64_t* ix = idxc.data_ptr<int64_t>();
+    const acc_t* r = rowsc.data_ptr<acc_t>();
+    acc_t* o = out.data_ptr<acc_t>();
+    at::parallel_for(0, N, kRowGrain, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) {
+        const acc_t* rn = r + n * d;
+        for (int64_t j = 0; j < k; ++j) {
+          const scalar_t* wr = w + ix[n * k + j] * d;
+          acc_t s = 0;
+          for (int64_t t = 0; t < d; ++t) s += rn[t] * static_cast<acc_t>(wr[t]);
+          o[n * k + j] = s;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef, const at::Tensor& idx,
+                                               const at::Tensor& rows, int64_t M) {
+  const int64_t N = idx.size(0), k = idx.size(1), d = rows.size(1);
+  const auto acc = rows.scalar_type();
+  auto out = at::empty({M, d}, rows.options());
+  auto coef_sum = at::empty({M}, rows.options());
+  const int64_t E = N * k;
+  // Counting sort of the E entries by latent: start[i]..start[i+1] lists latent i's entries
+  // in (n, j) order, so every sum below has a fixed order.
+  std::vector<int64_t> start(M + 1, 0), order(E);
+  auto idxc = idx.contiguous();
+  const int64_t* ix = idxc.data_ptr<int64_t>();
+  for (int64_t e = 0; e < E; ++e) ++start[ix[e] + 1];
+  for (int64_t i = 0; i < M; ++i) start[i + 1] += start[i];
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t e = 0; e < E; ++e) order[fill[ix[e]]++] = e;
+  }
+  auto coefc = coef.to(acc).contiguous();
+  auto rowsc = rows.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(acc, "scatter_rows", [&] {
+    const scalar_t* cf = coefc.data_ptr<scalar_t>();
+    const scalar_t* r = rowsc.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    scalar_t* cs = coef_sum.data_ptr<scalar_t>();
+    at::parallel_for(0, M, 64, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        scalar_t* oi = o + i * d;
+        for (int64_t t = 0; t < d; ++t) oi[t] = scalar_t(0);
+        scalar_t c_total = 0;
+        for (int64_t p = start[i]; p < start[i + 1]; ++p) {
+          const int64_t e = order[p];
+          const scalar_t c = cf[e];
+          const scalar_t* rn = r + (e / k) * d;
+          for (int64_t t = 0; t < d; ++t) oi[t] += c * rn[t];
+          c_total += c;
+        }
+        cs[i] = c_total;
+      }
+    });
+  });
+  return {out, coef_sum};
+}
+
+namespace {
+
+at::Tensor sparse_decode_cpu(const at::Tensor& values, const at::Tensor& indices,
+                             const at::Tensor& W_dec, const at::Tensor& b_dec) {
+  check_sparse_code(values, indices);
+  check_dim(W_dec, 2, "W_dec", "[M, d]");
+  check_dim(b_dec, 1, "b_dec", "[d]");
+  check_size(b_dec, 0, W_dec.size(1), "b_dec", "d = W_dec.shape[1]");
+  check_same_dtype(values, W_dec, "values", "W_dec");
+  check_same_dtype(values, b_dec, "values", "b_dec");
+  check_indices_range(indices, W_dec.size(0));
+  auto acc = gather_rows(values, indices, W_dec);
+  acc.add_(b_dec.to(acc.scalar_type()));
+  return acc.to(values.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_decode_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& indices,
+    const at::Tensor& W_dec) {
+  check_sparse_code(values, indices);
+  check_dim(W_dec, 2, "W_dec", "[M, d]");
+  check_dim(grad_out, 2, "grad_out", "[N, d]");
+  check_size(grad_out, 0, values.size(0), "grad_out", "N = values.shape[0]");
+  check_size(grad_out, 1, W_dec.size(1), "grad_out", "d = W_dec.shape[1]");
+  check_indices_range(indices, W_dec.size(0));
+  const auto acc = acc_type(W_dec.scalar_type());
+  auto g = grad_out.to(acc).contiguous();
+  auto dvalues = gather_dot(g, indices, W_dec);
+  auto dW = scatter_rows(values.to(acc), indices, g, W_dec.size(0)).first;
+  auto db = g.sum(0);
+  return {dvalues.to(values.scalar_type()), dW.to(W_dec.scalar_type()),
+          db.to(W_dec.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(saekit, CPU, m) {
+  m.impl("sparse_decode", &sparse_decode_cpu);
+  m.impl("sparse_decode_backward", &sparse_decode_backward_cpu);
+}
+
+}  // namespace saekit::cpu

@@ -1,0 +1,23 @@
+// Row gathers and per-latent segmented sums over the N x k nonzeros of a sparse code: the
+// building blocks of sparse decode (forward and backward) and of the sparse encoder backward.
+// Accumulation is in float32 (float64 for float64 inputs); nothing of size N x M is formed.
+#pragma once
+
+#include <torch/all.h>
+
+namespace saekit::cpu {
+
+// coef [N, k] acc dtype, idx [N, k] int64 in [0, M), W [M, d] -> out [N, d] acc dtype:
+// out[n] = sum_j coef[n, j] * W[idx[n, j]].
+at::Tensor gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::Tensor& W);
+
+// rows [N, d] acc dtype, idx [N, k], W [M, d] -> out [N, k] acc dtype: rows[n] . W[idx[n, j]].
+at::Tensor gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::Tensor& W);
+
+// coef [N, k], idx [N, k], rows [N, d] (acc dtype) -> (out [M, d], coef_sum [M]), acc dtype:
+// out[i] = sum over (n, j) with idx[n, j] == i of coef[n, j] * rows[n]; coef_sum[i] likewise of
+// coef alone. Deterministic: entries are grouped by latent (a counting sort), no atomics.
+std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef, const at::Tensor& idx,
+                                               const at::Tensor& rows, int64_t M);
+
+}  // namespace saekit::cpu

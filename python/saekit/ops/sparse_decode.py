@@ -1,0 +1,64 @@
+"""Sparse decode (SPEC section 3): public entry point, fake implementations and autograd."""
+
+from __future__ import annotations
+
+import torch
+
+from saekit.ops import dispatch, reference
+from saekit.ops.validation import check_indices_range, check_sparse_code
+
+
+def sparse_decode(values, indices, W_dec, b_dec, *, backend="auto"):
+    """Reconstruction from a sparse code: x_hat[n] = sum_j values[n, j] W_dec[indices[n, j]] + b_dec.
+
+    Args:
+        values: [N, k] floating. indices: [N, k] int64 in [0, M); repeated indices add up.
+        W_dec: [M, d] decoder, one row per latent. b_dec: [d]. Same dtype as values.
+        backend: "auto", "reference", "cpu", "cuda" or "triton".
+
+    Returns:
+        x_hat [N, d] in the dtype of values. Gradients flow into values, W_dec and b_dec; the
+        compiled backends read only the k selected rows per token (O(N * k * d) work), and
+        accumulate the W_dec gradient in float32, grouped by latent (deterministic).
+
+    Raises:
+        ValueError for an index outside [0, M), before any row is read.
+    """
+    check_sparse_code(values, indices, W_dec, b_dec)
+    name = dispatch.choose("sparse_decode", backend, values.device)
+    if name == "reference":
+        check_indices_range(indices, W_dec.shape[0])
+        return reference.sparse_decode(values, indices, W_dec, b_dec)
+    if name == "triton":
+        from saekit.triton import sparse_decode as triton_sparse_decode
+
+        return triton_sparse_decode.sparse_decode(values, indices, W_dec, b_dec)
+    return torch.ops.saekit.sparse_decode(values, indices, W_dec, b_dec)
+
+
+@torch.library.register_fake("saekit::sparse_decode")
+def _sparse_decode_fake(values, indices, W_dec, b_dec):
+    return values.new_empty(values.shape[0], W_dec.shape[1])
+
+
+@torch.library.register_fake("saekit::sparse_decode_backward")
+def _sparse_decode_backward_fake(grad_out, values, indices, W_dec):
+    return torch.empty_like(values), torch.empty_like(W_dec), W_dec.new_empty(W_dec.shape[1])
+
+
+def _setup_context(ctx, inputs, output):
+    values, indices, W_dec, b_dec = inputs
+    ctx.save_for_backward(values, indices, W_dec)
+
+
+def _backward(ctx, grad_out):
+    values, indices, W_dec = ctx.saved_tensors
+    dvalues, dW_dec, db_dec = torch.ops.saekit.sparse_decode_backward(
+        grad_out, values, indices, W_dec
+    )
+    return dvalues, None, dW_dec, db_dec
+
+
+torch.library.register_autograd(
+    "saekit::sparse_decode", _backward, setup_context=_setup_context
+)

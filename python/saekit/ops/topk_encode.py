@@ -1,0 +1,116 @@
+"""TopK encode (SPEC section 1): public entry point, fake implementations and autograd."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from saekit.ops import dispatch, reference
+from saekit.ops.validation import check_dead, check_encoder
+
+
+class TopKOutput(NamedTuple):
+    """values [N, k] (dtype of x): relu of the selected pre-activations; indices [N, k] int64."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+
+
+class TopKAuxOutput(NamedTuple):
+    """TopKOutput plus the AuxK selection among dead latents: aux_* [N, k_aux]."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+    aux_values: torch.Tensor
+    aux_indices: torch.Tensor
+
+
+def topk_encode(x, W_enc, b_enc, b_dec, k, *, dead=None, k_aux=None, backend="auto"):
+    """Sparse TopK encoding: the k largest of ``(x - b_dec) @ W_enc.T + b_enc`` per row.
+
+    Args:
+        x: [N, d] activations (float32, bfloat16 or float16).
+        W_enc: [M, d] encoder, one row per latent. b_enc: [M]. b_dec: [d].
+        k: latents kept per row, 1 <= k <= M.
+        dead: optional [M] bool mask of dead latents; with it, ``k_aux`` (0 <= k_aux <=
+            dead.sum()) and the AuxK selection among dead latents are returned too.
+        backend: "auto", "reference", "cpu", "cuda" or "triton" (see saekit.ops.dispatch).
+
+    Returns:
+        TopKOutput(values [N, k], indices [N, k] int64), or TopKAuxOutput with
+        aux_values / aux_indices [N, k_aux] when ``dead`` is given. Rows are ordered by
+        descending pre-activation, ties by ascending latent index; values = relu(pre).
+        Gradients flow into x, W_enc, b_enc and b_dec through values (and aux_values), only
+        where the selected pre-activation is positive.
+
+    Memory: the compiled backends never hold the [N, M] pre-activations; the CPU kernel works
+    in float32 tiles of at most 2048 x 1024 (SAEKIT_CPU_TILE) plus O(N * (k + k_aux)) state.
+    """
+    check_encoder(x, W_enc, b_enc, b_dec, k)
+    check_dead(dead, k_aux, x, W_enc.shape[0])
+    k_aux_ = 0 if dead is None else k_aux
+    name = dispatch.choose("topk_encode", backend, x.device)
+    if name == "reference":
+        out = reference.topk_encode(x, W_enc, b_enc, b_dec, k, dead, k_aux_)
+    elif name == "triton":
+        from saekit.triton import topk_encode as triton_topk_encode
+
+        out = triton_topk_encode.topk_encode(x, W_enc, b_enc, b_dec, k, dead, k_aux_)
+    else:
+        out = torch.ops.saekit.topk_encode(x, W_enc, b_enc, b_dec, k, dead, k_aux_)
+    if dead is None:
+        return TopKOutput(out[0], out[1])
+    return TopKAuxOutput(*out)
+
+
+@torch.library.register_fake("saekit::topk_encode")
+def _topk_encode_fake(x, W_enc, b_enc, b_dec, k, dead, k_aux):
+    N = x.shape[0]
+    k_aux = k_aux if dead is not None else 0
+    return (
+        x.new_empty(N, k),
+        x.new_empty(N, k, dtype=torch.int64),
+        x.new_empty(N, k_aux),
+        x.new_empty(N, k_aux, dtype=torch.int64),
+    )
+
+
+@torch.library.register_fake("saekit::topk_encode_backward")
+def _topk_encode_backward_fake(grad_values, values, indices, x, W_enc, b_dec):
+    return (
+        torch.empty_like(x),
+        torch.empty_like(W_enc),
+        W_enc.new_empty(W_enc.shape[0]),
+        torch.empty_like(b_dec),
+    )
+
+
+def encode_backward(grad_values, values, indices, x, W_enc, b_dec):
+    """(dx, dW_enc, db_enc, db_dec) from the N x k' nonzeros; None grads count as zero."""
+    if grad_values is None:
+        grad_values = torch.zeros_like(values)
+    return torch.ops.saekit.topk_encode_backward(grad_values, values, indices, x, W_enc, b_dec)
+
+
+def _setup_context(ctx, inputs, output):
+    x, W_enc, b_enc, b_dec, k, dead, k_aux = inputs
+    values, indices, aux_values, aux_indices = output
+    ctx.save_for_backward(x, W_enc, b_dec, values, indices, aux_values, aux_indices)
+
+
+def _backward(ctx, grad_values, grad_indices, grad_aux_values, grad_aux_indices):
+    x, W_enc, b_dec, values, indices, aux_values, aux_indices = ctx.saved_tensors
+    if grad_aux_values is not None and aux_values.shape[1] > 0:
+        if grad_values is None:
+            grad_values = torch.zeros_like(values)
+        grad_values = torch.cat([grad_values, grad_aux_values], 1)
+        values = torch.cat([values, aux_values], 1)
+        indices = torch.cat([indices, aux_indices], 1)
+    dx, dW_enc, db_enc, db_dec = encode_backward(grad_values, values, indices, x, W_enc, b_dec)
+    return dx, dW_enc, db_enc, db_dec, None, None, None
+
+
+torch.library.register_autograd(
+    "saekit::topk_encode", _backward, setup_context=_setup_context
+)
