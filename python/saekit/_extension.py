@@ -50,3 +50,17 @@ else:
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether ``torch.ops.saekit.<op>`` has a kernel registered for ``dispatch_key``."""
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"saekit::{op}", dispatch_key)
+
+
+# Filled once at import so that backend choice is a plain set lookup, which torch.compile
+# traces without a graph break.
+COMPILED_OPS = (
+    "topk_encode",
+    "gradient_topk_encode",
+    "topk_encode_backward",
+    "sparse_decode",
+    "sparse_decode_backward",
+)
+KERNELS = frozenset(
+    (op, key) for op in COMPILED_OPS for key in ("CPU", "CUDA") if has_kernel(op, key)
+)

@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from saekit._extension import has_kernel
+from saekit._extension import KERNELS
 
 logger = logging.getLogger("saekit.dispatch")
 
@@ -38,13 +38,13 @@ def supports(backend: str, op: str, device: torch.device) -> str | None:
     if backend == "cpu":
         if device.type != "cpu":
             return f"the cpu backend runs on CPU tensors, got {device.type} tensors"
-        if not has_kernel(op, "CPU"):
+        if (op, "CPU") not in KERNELS:
             return "saekit._C has no CPU kernel for this op"
         return None
     if backend == "cuda":
         if device.type != "cuda":
             return f"the cuda backend runs on CUDA tensors, got {device.type} tensors"
-        if not has_kernel(op, "CUDA"):
+        if (op, "CUDA") not in KERNELS:
             return "saekit._C was built without CUDA kernels (rebuild with CUDA_HOME set)"
         return None
     if backend == "triton":

@@ -1,0 +1,61 @@
+"""Inputs for the op tests and the oracle comparison every test uses.
+
+`grid` data holds small multiples of 1/4, so every product and sum is exact in float32 (and
+every input exact in bfloat16/float16): selections cannot depend on summation order, ties are
+plentiful, and a float64 computation selects exactly the same latents.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saekit.ops import reference
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+DEVICES_BACKENDS = (("cpu", "cpu"),)
+
+
+def grid(shape, generator, low=-8, high=8, device="cpu"):
+    """Multiples of 1/4 in [low/4, high/4], float64 (cast by the caller)."""
+    return torch.randint(low, high + 1, shape, generator=generator, dtype=torch.float64).div_(4).to(device)
+
+
+def encoder_inputs(N, d, M, dtype, seed=0, data="grid", device="cpu"):
+    """(x [N, d], W_enc [M, d], b_enc [M], b_dec [d]) in dtype."""
+    g = torch.Generator().manual_seed(seed)
+    if data == "grid":
+        x, W, be, bd = grid((N, d), g), grid((M, d), g), grid((M,), g), grid((d,), g)
+    else:
+        x, W = torch.randn(N, d, generator=g, dtype=torch.float64), torch.randn(M, d, generator=g, dtype=torch.float64)
+        be, bd = torch.randn(M, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64)
+        W /= d**0.5
+    return tuple(t.to(device=device, dtype=dtype) for t in (x, W, be, bd))
+
+
+def leaves(*tensors):
+    return [t.detach().clone().requires_grad_(True) for t in tensors]
+
+
+def grads(outputs, inputs, upstream):
+    """Gradients of sum(out * up) over the given outputs with respect to inputs (None -> 0)."""
+    total = sum((o.float() * u.float()).sum() for o, u in zip(outputs, upstream))
+    gs = torch.autograd.grad(total, inputs, allow_unused=True)
+    return [torch.zeros_like(i) if g is None else g for g, i in zip(gs, inputs)]
+
+
+def assert_close_to_oracle(out, low_precision_ref, oracle, name, rel=1e-5):
+    """flash-attention's rule: out's error against the float64 oracle is at most twice that of
+    the reference computed in the same dtype, plus a float32 rounding allowance."""
+    out, lp, o = out.double(), low_precision_ref.double(), oracle.double()
+    assert out.shape == o.shape, f"{name}: shape {tuple(out.shape)} != {tuple(o.shape)}"
+    if o.numel() == 0:
+        return
+    scale = o.abs().max().item() + 1.0
+    err = (out - o).abs().max().item()
+    base = (lp - o).abs().max().item()
+    assert err <= 2 * base + rel * scale, f"{name}: error {err:.3g} > 2 * {base:.3g} + {rel * scale:.3g}"
+
+
+def reference_encoder_oracle(x, W, be, bd, k, **kw):
+    """The reference backend on float64 copies: the oracle for values and gradients."""
+    return reference.topk_encode(*(t.double() for t in (x, W, be, bd)), k, **kw)

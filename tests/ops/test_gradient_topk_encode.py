@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from saekit.ops import gradient_topk_encode, reference, topk_encode
+from tests.ops.cases import (
+    DEVICES_BACKENDS,
+    DTYPES,
+    assert_close_to_oracle,
+    encoder_inputs,
+    grads,
+    grid,
+    leaves,
+)
+
+SHAPES = [(33, 16, 40, 5), (7, 8, 13, 13), (5, 4, 9, 1), (0, 8, 16, 4), (19, 12, 2100, 17)]
+
+
+def _id(s):
+    return "N{}-d{}-M{}-k{}".format(*s)
+
+
+def _grad_inputs(N, d, M, dtype, seed, device="cpu"):
+    g = torch.Generator().manual_seed(seed + 100)
+    return grid((N, d), g).to(device, dtype), grid((M, d), g).to(device, dtype)
+
+
+def test_reference_score_by_hand():
+    """The oracle's score against SPEC's formula written out element by element."""
+    x, W, be, bd = encoder_inputs(4, 3, 6, torch.float64, data="gauss")
+    grad, W_dec = torch.randn(4, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    beta = 0.7
+    _, idx = reference.gradient_topk_encode(x, grad, W, be, W_dec, bd, 6, beta)
+    for n in range(4):
+        score = []
+        for i in range(6):
+            pre = float((x[n] - bd) @ W[i] + be[i])
+            h = float(grad[n] @ W_dec[i])
+            score.append(max(pre, 0.0) * (1 + beta * abs(h)) if pre > 0 else pre)
+        assert idx[n].tolist() == sorted(range(6), key=lambda i: (-score[i], i))
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_matches_reference(device, backend, dtype, shape):
+    N, d, M, k = shape
+    inputs = encoder_inputs(N, d, M, dtype, seed=N + M, device=device)
+    grad, W_dec = _grad_inputs(N, d, M, dtype, N + M, device)
+    mine, ref, ref64 = leaves(*inputs), leaves(*inputs), leaves(*(t.double() for t in inputs))
+
+    def run(ins, backend, cast=None):
+        x, W, be, bd = ins
+        g, Wd = (grad, W_dec) if cast is None else (grad.to(cast), W_dec.to(cast))
+        return gradient_topk_encode(x, g, W, be, Wd, bd, k, beta=0.5, backend=backend)
+
+    out, expect, oracle = run(mine, backend), run(ref, "reference"), run(ref64, "reference", torch.float64)
+    assert torch.equal(out.indices, expect.indices)
+    assert torch.equal(out.indices, oracle.indices)
+    assert torch.equal(out.values, expect.values)
+    up = torch.randn(N, k, generator=torch.Generator().manual_seed(7)).to(device)
+    for name, a, b, c in zip(("dx", "dW_enc", "db_enc", "db_dec"), grads([out.values], mine, [up]),
+                             grads([expect.values], ref, [up]), grads([oracle.values], ref64, [up])):
+        assert_close_to_oracle(a, b, c, name)
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_beta_zero_and_zero_grad_give_topk(device, backend, dtype):
+    N, d, M, k = 40, 8, 50, 7
+    x, W, be, bd = encoder_inputs(N, d, M, dtype, device=device)
+    grad, W_dec = _grad_inputs(N, d, M, dtype, 0, device)
+    plain = topk_encode(x, W, be, bd, k, backend=backend)
+    for g, beta in ((grad, 0.0), (torch.zeros_like(grad), 3.0)):
+        for norm in ("none", "token"):
+            out = gradient_topk_encode(x, g, W, be, W_dec, bd, k, beta=beta, grad_norm=norm, backend=backend)
+            assert torch.equal(out.indices, plain.indices)
+            assert torch.equal(out.values, plain.values)
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+def test_gradient_changes_selection(device, backend):
+    """A large beta must let a latent with a big downstream effect win: the test can fail."""
+    N, d, M, k = 30, 8, 40, 4
+    x, W, be, bd = encoder_inputs(N, d, M, torch.float32, device=device)
+    grad, W_dec = _grad_inputs(N, d, M, torch.float32, 1, device)
+    plain = topk_encode(x, W, be, bd, k, backend=backend)
+    out = gradient_topk_encode(x, grad, W, be, W_dec, bd, k, beta=4.0, backend=backend)
+    assert not torch.equal(out.indices, plain.indices)
+    pre = reference.pre_activations(x, W, be, bd)
+    assert torch.equal(out.values, torch.relu(pre.gather(1, out.indices)))
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+def test_token_norm_matches_reference(device, backend):
+    x, W, be, bd = encoder_inputs(50, 32, 300, torch.float32, data="gauss", device=device)
+    grad = torch.randn(50, 32) * 1e3
+    grad[3] = 0
+    W_dec = torch.randn(300, 32)
+    out = gradient_topk_encode(x, grad, W, be, W_dec, bd, 10, beta=2.0, grad_norm="token", backend=backend)
+    expect = gradient_topk_encode(x, grad, W, be, W_dec, bd, 10, beta=2.0, grad_norm="token", backend="reference")
+    scaled = gradient_topk_encode(x, grad * 1e-3, W, be, W_dec, bd, 10, beta=2.0, grad_norm="token", backend=backend)
+    assert torch.equal(out.indices, expect.indices)
+    assert torch.equal(out.indices, scaled.indices)
+    torch.testing.assert_close(out.values, expect.values)
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+def test_no_gradient_into_grad_or_decoder(device, backend):
+    x, W, be, bd = leaves(*encoder_inputs(10, 6, 20, torch.float64, data="gauss", device=device))
+    grad = torch.randn(10, 6, dtype=torch.float64, requires_grad=True)
+    W_dec = torch.randn(20, 6, dtype=torch.float64, requires_grad=True)
+    out = gradient_topk_encode(x, grad, W, be, W_dec, bd, 5, beta=1.5, backend=backend)
+    out.values.sum().backward()
+    assert grad.grad is None and W_dec.grad is None
+    assert torch.autograd.gradcheck(
+        lambda x_, W_, be_: gradient_topk_encode(x_, grad.detach(), W_, be_, W_dec, bd, 5, beta=1.5, backend=backend).values,
+        (x.detach().requires_grad_(), W.detach().requires_grad_(), be.detach().requires_grad_()),
+    )

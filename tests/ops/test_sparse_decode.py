@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from saekit.ops import sparse_decode
+from tests.ops.cases import DEVICES_BACKENDS, DTYPES, assert_close_to_oracle, grads, leaves
+
+SHAPES = [(33, 16, 40, 5), (7, 8, 13, 13), (5, 4, 9, 1), (0, 8, 16, 4), (64, 100, 3001, 32)]
+
+
+def _id(s):
+    return "N{}-d{}-M{}-k{}".format(*s)
+
+
+def _inputs(N, d, M, k, dtype, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(N, k, generator=g).relu()
+    indices = torch.randint(0, M, (N, k), generator=g)
+    W_dec = torch.randn(M, d, generator=g)
+    b_dec = torch.randn(d, generator=g)
+    return values.to(device, dtype), indices.to(device), W_dec.to(device, dtype), b_dec.to(device, dtype)
+
+
+def _dense_decode(values, indices, W_dec, b_dec):
+    """An independent computation: scatter into a dense [N, M] code, then one matmul."""
+    dense = torch.zeros(values.shape[0], W_dec.shape[0], dtype=torch.float64)
+    dense.index_put_((torch.arange(values.shape[0]).unsqueeze(1).expand_as(indices), indices),
+                     values.double(), accumulate=True)
+    return dense @ W_dec.double() + b_dec.double()
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_matches_reference(device, backend, dtype, shape):
+    N, d, M, k = shape
+    v, idx, W, b = _inputs(N, d, M, k, dtype, seed=N + k, device=device)
+    mine, ref, ref64 = leaves(v, W, b), leaves(v, W, b), leaves(v.double(), W.double(), b.double())
+    out = sparse_decode(mine[0], idx, *mine[1:], backend=backend)
+    expect = sparse_decode(ref[0], idx, *ref[1:], backend="reference")
+    oracle = sparse_decode(ref64[0], idx, *ref64[1:], backend="reference")
+    assert out.dtype == dtype and out.shape == (N, d)
+    assert_close_to_oracle(out, expect, oracle, "x_hat")
+    torch.testing.assert_close(oracle, _dense_decode(v, idx, W, b))
+    up = torch.randn(N, d, generator=torch.Generator().manual_seed(5)).to(device)
+    for name, a, bb, c in zip(("dvalues", "dW_dec", "db_dec"), grads([out], mine, [up]),
+                              grads([expect], ref, [up]), grads([oracle], ref64, [up])):
+        assert a.dtype == dtype
+        assert_close_to_oracle(a, bb, c, name)
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+def test_repeated_indices_add_up(device, backend):
+    W = torch.randn(5, 3, device=device)
+    b = torch.zeros(3, device=device)
+    values = torch.tensor([[1.0, 2.0, 0.5]], device=device)
+    indices = torch.tensor([[4, 4, 1]], device=device)
+    out = sparse_decode(values, indices, W, b, backend=backend)
+    torch.testing.assert_close(out[0], 3.0 * W[4] + 0.5 * W[1])
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+def test_gradcheck_float64(device, backend):
+    v, idx, W, b = _inputs(6, 5, 7, 4, torch.float64, device=device)
+    idx[0, 1] = idx[0, 0]  # a repeated latent in one row
+    assert torch.autograd.gradcheck(lambda *a: sparse_decode(a[0], idx, *a[1:], backend=backend), leaves(v, W, b))
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS + (("cpu", "reference"),))
+@pytest.mark.parametrize("bad", [-1, 9, 2**40])
+def test_out_of_range_index_is_an_error(device, backend, bad):
+    v, idx, W, b = _inputs(4, 3, 9, 2, torch.float32, device=device)
+    idx[2, 1] = bad
+    with pytest.raises(ValueError, match="indices must lie in"):
+        sparse_decode(v, idx, W, b, backend=backend)
+    if backend != "reference":
+        with pytest.raises(ValueError, match="indices must lie in"):
+            torch.ops.saekit.sparse_decode(v, idx, W, b)
+        with pytest.raises(ValueError, match="indices must lie in"):
+            torch.ops.saekit.sparse_decode_backward(torch.ones(4, 3), v, idx, W)
