@@ -4,6 +4,7 @@
 
 #include <torch/all.h>
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -84,6 +85,36 @@ inline void check_sparse_code(const at::Tensor& values, const at::Tensor& indice
                     "indices must have the shape of values ", values.sizes(), ", got ",
                     indices.sizes());
   check_same_device(values, indices, "values", "indices");
+}
+
+}  // namespace saekit
+
+namespace saekit {
+
+// dead [M] bool on x's device, 0 <= k_aux <= dead.sum() (one device sync).
+inline void check_dead(const at::Tensor& dead, int64_t M, const at::Tensor& x, int64_t k_aux) {
+  TORCH_CHECK_TYPE(dead.scalar_type() == at::kBool, "dead must be a bool tensor, got ",
+                   dead.scalar_type());
+  check_dim(dead, 1, "dead", "[M]");
+  check_size(dead, 0, M, "dead", "M = W_enc.shape[0]");
+  check_same_device(x, dead, "x", "dead");
+  const int64_t n_dead = dead.sum().item<int64_t>();
+  TORCH_CHECK_VALUE(k_aux >= 0 && k_aux <= n_dead, "k_aux must lie in [0, dead.sum()] = [0, ",
+                    n_dead, "], got ", k_aux);
+}
+
+// SPEC 2's extra arguments: g [N, d] any floating dtype, W_dec [M, d] of x's dtype, finite beta.
+inline void check_gradient_args(const at::Tensor& x, const at::Tensor& g, const at::Tensor& W_enc,
+                                const at::Tensor& W_dec, double beta) {
+  check_float(g, "grad");
+  TORCH_CHECK_VALUE(g.sizes() == x.sizes(), "grad must have the shape of x ", x.sizes(),
+                    ", got ", g.sizes());
+  check_same_device(x, g, "x", "grad");
+  TORCH_CHECK_VALUE(W_dec.sizes() == W_enc.sizes(), "W_dec must have the shape of W_enc ",
+                    W_enc.sizes(), ", got ", W_dec.sizes());
+  check_same_dtype(x, W_dec, "x", "W_dec");
+  check_same_device(x, W_dec, "x", "W_dec");
+  TORCH_CHECK_VALUE(std::isfinite(beta), "beta must be finite, got ", beta);
 }
 
 }  // namespace saekit

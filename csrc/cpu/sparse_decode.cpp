@@ -2,6 +2,7 @@
 // with the encoder backward.
 #include "checks.h"
 #include "cpu/sparse_rows.h"
+#include "sparse_ops.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -13,10 +14,6 @@ namespace saekit::cpu {
 namespace {
 
 constexpr int64_t kRowGrain = 16;
-
-at::ScalarType acc_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
 
 }  // namespace
 
@@ -120,45 +117,9 @@ std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef, const at:
   return {out, coef_sum};
 }
 
-namespace {
-
-at::Tensor sparse_decode_cpu(const at::Tensor& values, const at::Tensor& indices,
-                             const at::Tensor& W_dec, const at::Tensor& b_dec) {
-  check_sparse_code(values, indices);
-  check_dim(W_dec, 2, "W_dec", "[M, d]");
-  check_dim(b_dec, 1, "b_dec", "[d]");
-  check_size(b_dec, 0, W_dec.size(1), "b_dec", "d = W_dec.shape[1]");
-  check_same_dtype(values, W_dec, "values", "W_dec");
-  check_same_dtype(values, b_dec, "values", "b_dec");
-  check_indices_range(indices, W_dec.size(0));
-  auto acc = gather_rows(values, indices, W_dec);
-  acc.add_(b_dec.to(acc.scalar_type()));
-  return acc.to(values.scalar_type());
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_decode_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& indices,
-    const at::Tensor& W_dec) {
-  check_sparse_code(values, indices);
-  check_dim(W_dec, 2, "W_dec", "[M, d]");
-  check_dim(grad_out, 2, "grad_out", "[N, d]");
-  check_size(grad_out, 0, values.size(0), "grad_out", "N = values.shape[0]");
-  check_size(grad_out, 1, W_dec.size(1), "grad_out", "d = W_dec.shape[1]");
-  check_indices_range(indices, W_dec.size(0));
-  const auto acc = acc_type(W_dec.scalar_type());
-  auto g = grad_out.to(acc).contiguous();
-  auto dvalues = gather_dot(g, indices, W_dec);
-  auto dW = scatter_rows(values.to(acc), indices, g, W_dec.size(0)).first;
-  auto db = g.sum(0);
-  return {dvalues.to(values.scalar_type()), dW.to(W_dec.scalar_type()),
-          db.to(W_dec.scalar_type())};
-}
-
-}  // namespace
-
 TORCH_LIBRARY_IMPL(saekit, CPU, m) {
-  m.impl("sparse_decode", &sparse_decode_cpu);
-  m.impl("sparse_decode_backward", &sparse_decode_backward_cpu);
+  m.impl("sparse_decode", &sparse_decode<Rows>);
+  m.impl("sparse_decode_backward", &sparse_decode_backward<Rows>);
 }
 
 }  // namespace saekit::cpu

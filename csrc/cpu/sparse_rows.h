@@ -20,4 +20,18 @@ at::Tensor gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::T
 std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef, const at::Tensor& idx,
                                                const at::Tensor& rows, int64_t M);
 
+// The primitives as the `Rows` policy of sparse_ops.h.
+struct Rows {
+  static at::Tensor gather_rows(const at::Tensor& c, const at::Tensor& i, const at::Tensor& W) {
+    return cpu::gather_rows(c, i, W);
+  }
+  static at::Tensor gather_dot(const at::Tensor& r, const at::Tensor& i, const at::Tensor& W) {
+    return cpu::gather_dot(r, i, W);
+  }
+  static std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& c, const at::Tensor& i,
+                                                        const at::Tensor& r, int64_t M) {
+    return cpu::scatter_rows(c, i, r, M);
+  }
+};
+
 }  // namespace saekit::cpu

@@ -9,6 +9,7 @@
 #include "checks.h"
 #include "cpu/row_topk.h"
 #include "cpu/sparse_rows.h"
+#include "sparse_ops.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -180,17 +181,6 @@ void encode(const at::Tensor& x, const at::Tensor& g, const at::Tensor& W_enc,
   write_outputs(aux, aux_values, aux_indices);
 }
 
-void check_dead(const at::Tensor& dead, int64_t M, const at::Tensor& x, int64_t k_aux) {
-  TORCH_CHECK_TYPE(dead.scalar_type() == at::kBool, "dead must be a bool tensor, got ",
-                   dead.scalar_type());
-  check_dim(dead, 1, "dead", "[M]");
-  check_size(dead, 0, M, "dead", "M = W_enc.shape[0]");
-  check_same_device(x, dead, "x", "dead");
-  const int64_t n_dead = dead.sum().item<int64_t>();
-  TORCH_CHECK_VALUE(k_aux >= 0 && k_aux <= n_dead, "k_aux must lie in [0, dead.sum()] = [0, ",
-                    n_dead, "], got ", k_aux);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_encode_cpu(
     const at::Tensor& x, const at::Tensor& W_enc, const at::Tensor& b_enc,
     const at::Tensor& b_dec, int64_t k, const std::optional<at::Tensor>& dead, int64_t k_aux) {
@@ -221,15 +211,7 @@ std::tuple<at::Tensor, at::Tensor> gradient_topk_encode_cpu(
     const at::Tensor& x, const at::Tensor& g, const at::Tensor& W_enc, const at::Tensor& b_enc,
     const at::Tensor& W_dec, const at::Tensor& b_dec, int64_t k, double beta) {
   check_encoder_args(x, W_enc, b_enc, b_dec);
-  check_float(g, "grad");
-  TORCH_CHECK_VALUE(g.sizes() == x.sizes(), "grad must have the shape of x ", x.sizes(),
-                    ", got ", g.sizes());
-  check_same_device(x, g, "x", "grad");
-  TORCH_CHECK_VALUE(W_dec.sizes() == W_enc.sizes(), "W_dec must have the shape of W_enc ",
-                    W_enc.sizes(), ", got ", W_dec.sizes());
-  check_same_dtype(x, W_dec, "x", "W_dec");
-  check_same_device(x, W_dec, "x", "W_dec");
-  TORCH_CHECK_VALUE(std::isfinite(beta), "beta must be finite, got ", beta);
+  check_gradient_args(x, g, W_enc, W_dec, beta);
   const int64_t N = x.size(0), M = W_enc.size(0);
   check_k(k, M);
   auto values = at::empty({N, k}, x.options());
@@ -245,36 +227,12 @@ std::tuple<at::Tensor, at::Tensor> gradient_topk_encode_cpu(
   return {values, indices};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_encode_backward_cpu(
-    const at::Tensor& grad_values, const at::Tensor& values, const at::Tensor& indices,
-    const at::Tensor& x, const at::Tensor& W_enc, const at::Tensor& b_dec) {
-  check_sparse_code(values, indices);
-  TORCH_CHECK_VALUE(grad_values.sizes() == values.sizes(),
-                    "grad_values must have the shape of values ", values.sizes(), ", got ",
-                    grad_values.sizes());
-  check_dim(x, 2, "x", "[N, d]");
-  check_dim(W_enc, 2, "W_enc", "[M, d]");
-  check_size(values, 0, x.size(0), "values", "N = x.shape[0]");
-  check_size(W_enc, 1, x.size(1), "W_enc", "d = x.shape[1]");
-  const int64_t M = W_enc.size(0);
-  check_indices_range(indices, M);
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  // dpre = dvalues * (pre > 0) at the selected latents; relu(pre) > 0 exactly when pre > 0.
-  auto dpre = grad_values.to(acc) * values.gt(0).to(acc);
-  auto xc = x.to(acc) - b_dec.to(acc);
-  auto dx = gather_rows(dpre, indices, W_enc);
-  auto [dW, db_enc] = scatter_rows(dpre, indices, xc, M);
-  auto db_dec = dx.sum(0).neg_();
-  return {dx.to(x.scalar_type()), dW.to(W_enc.scalar_type()), db_enc.to(W_enc.scalar_type()),
-          db_dec.to(b_dec.scalar_type())};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(saekit, CPU, m) {
   m.impl("topk_encode", &topk_encode_cpu);
   m.impl("gradient_topk_encode", &gradient_topk_encode_cpu);
-  m.impl("topk_encode_backward", &topk_encode_backward_cpu);
+  m.impl("topk_encode_backward", &topk_encode_backward<Rows>);
 }
 
 }  // namespace saekit::cpu

@@ -31,8 +31,17 @@ def _triton_reason(op: str, device: torch.device) -> str | None:
     return "the Triton backend is not implemented yet"
 
 
-def supports(backend: str, op: str, device: torch.device) -> str | None:
-    """None when ``backend`` can run ``op`` on ``device``, else the reason it cannot."""
+# (backend, op) -> dtypes that backend's kernel for that op rejects.
+UNSUPPORTED_DTYPES = {
+    ("cuda", "topk_encode"): (torch.float64,),
+    ("cuda", "gradient_topk_encode"): (torch.float64,),
+}
+
+
+def supports(backend: str, op: str, device: torch.device, dtype: torch.dtype | None = None) -> str | None:
+    """None when ``backend`` can run ``op`` on ``device`` for ``dtype``, else the reason not."""
+    if dtype is not None and dtype in UNSUPPORTED_DTYPES.get((backend, op), ()):
+        return f"the {backend} kernel of {op} does not support {dtype}"
     if backend == "reference":
         return None
     if backend == "cpu":
@@ -52,16 +61,16 @@ def supports(backend: str, op: str, device: torch.device) -> str | None:
     raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
 
 
-def choose(op: str, backend: str, device: torch.device) -> str:
+def choose(op: str, backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
     """The backend that runs ``op`` for tensors on ``device`` (see the module docstring)."""
     if backend != "auto":
-        reason = supports(backend, op, device)
+        reason = supports(backend, op, device, dtype)
         if reason is not None:
             raise ValueError(f"backend={backend!r} cannot run saekit.ops.{op}: {reason}")
         return backend
     reasons = []
     for name in PRIORITY.get(device.type, ("reference",)):
-        reason = supports(name, op, device)
+        reason = supports(name, op, device, dtype)
         if reason is None:
             key = (op, device.type, name)
             if key not in _logged and not torch.compiler.is_compiling():

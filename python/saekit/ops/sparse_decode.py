@@ -25,7 +25,7 @@ def sparse_decode(values, indices, W_dec, b_dec, *, backend="auto"):
         ValueError for an index outside [0, M), before any row is read.
     """
     check_sparse_code(values, indices, W_dec, b_dec)
-    name = dispatch.choose("sparse_decode", backend, values.device)
+    name = dispatch.choose("sparse_decode", backend, values.device, values.dtype)
     if name == "reference":
         check_indices_range(indices, W_dec.shape[0])
         return reference.sparse_decode(values, indices, W_dec, b_dec)

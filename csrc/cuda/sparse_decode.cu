@@ -1,0 +1,151 @@
+// CUDA sparse decode (SPEC 3) and the row primitives shared with the encoder backward.
+#include "cuda/sparse_rows.cuh"
+#include "sparse_ops.h"
+
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+
+namespace saekit::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+dim3 column_grid(int64_t rows, int64_t d) {
+  const int64_t col_blocks = std::min<int64_t>((d + kThreads - 1) / kThreads, 65535);
+  return dim3(static_cast<unsigned>(rows), static_cast<unsigned>(col_blocks));
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void gather_rows_kernel(const acc_t* __restrict__ coef, const int64_t* __restrict__ idx,
+                                   const scalar_t* __restrict__ W, acc_t* __restrict__ out,
+                                   int64_t k, int64_t d) {
+  const int64_t n = blockIdx.x;
+  for (int64_t t = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; t < d;
+       t += int64_t(gridDim.y) * blockDim.x) {
+    acc_t acc = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      acc += coef[n * k + j] * static_cast<acc_t>(W[idx[n * k + j] * d + t]);
+    }
+    out[n * d + t] = acc;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void gather_dot_kernel(const acc_t* __restrict__ rows, const int64_t* __restrict__ idx,
+                                  const scalar_t* __restrict__ W, acc_t* __restrict__ out,
+                                  int64_t entries, int64_t k, int64_t d) {
+  const int64_t e = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (e >= entries) return;  // uniform across the warp
+  const acc_t* r = rows + (e / k) * d;
+  const scalar_t* w = W + idx[e] * d;
+  acc_t s = 0;
+  for (int64_t t = lane; t < d; t += 32) s += r[t] * static_cast<acc_t>(w[t]);
+  for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_down_sync(0xffffffffu, s, offset);
+  if (lane == 0) out[e] = s;
+}
+
+template <typename acc_t>
+__global__ void scatter_rows_kernel(const acc_t* __restrict__ coef,
+                                    const int64_t* __restrict__ order,
+                                    const int64_t* __restrict__ start,
+                                    const acc_t* __restrict__ rows, acc_t* __restrict__ out,
+                                    acc_t* __restrict__ coef_sum, int64_t k, int64_t d) {
+  const int64_t i = blockIdx.x;
+  const int64_t p0 = start[i], p1 = start[i + 1];
+  for (int64_t t = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; t < d;
+       t += int64_t(gridDim.y) * blockDim.x) {
+    acc_t acc = 0;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t e = order[p];
+      acc += coef[e] * rows[(e / k) * d + t];
+    }
+    out[i * d + t] = acc;
+  }
+  if (blockIdx.y == 0 && threadIdx.x == 0) {
+    acc_t c = 0;
+    for (int64_t p = p0; p < p1; ++p) c += coef[order[p]];
+    coef_sum[i] = c;
+  }
+}
+
+}  // namespace
+
+at::Tensor Rows::gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::Tensor& W) {
+  const c10::cuda::CUDAGuard guard(W.device());
+  const int64_t N = idx.size(0), k = idx.size(1), d = W.size(1);
+  auto out = at::empty({N, d}, W.options().dtype(acc_type(W.scalar_type())));
+  if (N == 0 || d == 0) return out;
+  if (k == 0) return out.zero_();
+  auto Wc = W.contiguous();
+  auto idxc = idx.contiguous();
+  auto coefc = coef.to(out.scalar_type()).contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, W.scalar_type(), "gather_rows", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    gather_rows_kernel<scalar_t, acc_t><<<column_grid(N, d), kThreads, 0, stream>>>(
+        coefc.data_ptr<acc_t>(), idxc.data_ptr<int64_t>(), Wc.data_ptr<scalar_t>(),
+        out.data_ptr<acc_t>(), k, d);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor Rows::gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::Tensor& W) {
+  const c10::cuda::CUDAGuard guard(W.device());
+  const int64_t N = idx.size(0), k = idx.size(1), d = W.size(1);
+  auto out = at::empty({N, k}, W.options().dtype(acc_type(W.scalar_type())));
+  const int64_t entries = N * k;
+  if (entries == 0) return out;
+  auto Wc = W.contiguous();
+  auto idxc = idx.contiguous();
+  auto rowsc = rows.to(out.scalar_type()).contiguous();
+  const int64_t blocks = (entries * 32 + kThreads - 1) / kThreads;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, W.scalar_type(), "gather_dot", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    gather_dot_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+        rowsc.data_ptr<acc_t>(), idxc.data_ptr<int64_t>(), Wc.data_ptr<scalar_t>(),
+        out.data_ptr<acc_t>(), entries, k, d);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> Rows::scatter_rows(const at::Tensor& coef, const at::Tensor& idx,
+                                                     const at::Tensor& rows, int64_t M) {
+  const c10::cuda::CUDAGuard guard(rows.device());
+  const int64_t k = idx.size(1), d = rows.size(1);
+  const auto acc = rows.scalar_type();
+  auto out = at::empty({M, d}, rows.options());
+  auto coef_sum = at::empty({M}, rows.options());
+  if (M == 0) return {out, coef_sum};
+  auto flat = idx.reshape({-1});
+  auto sorted = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const auto& sorted_idx = std::get<0>(sorted);
+  auto order = std::get<1>(sorted).contiguous();
+  auto start = at::searchsorted(sorted_idx, at::arange(M + 1, flat.options())).contiguous();
+  auto coefc = coef.to(acc).contiguous();
+  auto rowsc = rows.contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(acc, "scatter_rows", [&] {
+    scatter_rows_kernel<scalar_t><<<column_grid(M, std::max<int64_t>(d, 1)), kThreads, 0, stream>>>(
+        coefc.data_ptr<scalar_t>(), order.data_ptr<int64_t>(), start.data_ptr<int64_t>(),
+        rowsc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), coef_sum.data_ptr<scalar_t>(),
+        std::max<int64_t>(k, 1), d);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {out, coef_sum};
+}
+
+TORCH_LIBRARY_IMPL(saekit, CUDA, m) {
+  m.impl("sparse_decode", &sparse_decode<Rows>);
+  m.impl("sparse_decode_backward", &sparse_decode_backward<Rows>);
+}
+
+}  // namespace saekit::cuda

@@ -1,0 +1,21 @@
+// CUDA row primitives of sparse_ops.h (see there for shapes). First version: one thread per
+// output column for gathers, one warp per (n, j) for dot products, and the per-latent sums
+// grouped by a stable sort of the indices, so the weight gradient is deterministic and free
+// of atomics in every dtype.
+#pragma once
+
+#include <torch/all.h>
+
+#include <utility>
+
+namespace saekit::cuda {
+
+struct Rows {
+  static at::Tensor gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::Tensor& W);
+  static at::Tensor gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::Tensor& W);
+  static std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef,
+                                                        const at::Tensor& idx,
+                                                        const at::Tensor& rows, int64_t M);
+};
+
+}  // namespace saekit::cuda
