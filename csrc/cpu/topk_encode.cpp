@@ -1,9 +1,10 @@
 // CPU TopK and gradient-TopK encode (SPEC sections 1 and 2) and their sparse backward.
 //
-// Forward: rows are taken in blocks of up to kRowBlock, latents in chunks of up to kChunk. For
+// Forward: rows are taken in blocks of up to tile().rows, latents in chunks of tile().latents. For
 // each (row block, chunk) one GEMM writes the pre-activations into a float32 tile (for g-SAE a
 // second GEMM writes g @ W_dec[chunk].T into another), then every row merges the tile into its
-// running top k (row_topk.h). Working memory: one or two kRowBlock x kChunk float32 tiles plus
+// running top k (row_topk.h). Working memory: one or two 1024 x 2048 float32 tiles (8 MB each, the
+// default, tuned on 2 cores to stay in cache; SAEKIT_CPU_TILE overrides) plus
 // N x (k + k_aux) selection state, independent of M.
 // Backward: from the N x k nonzeros only (sparse_rows.h).
 #include "checks.h"
@@ -24,8 +25,8 @@ namespace {
 
 // Tile sizes, overridable for tuning with SAEKIT_CPU_TILE="rows,latents".
 struct Tile {
-  int64_t rows = 2048;
-  int64_t latents = 1024;
+  int64_t rows = 1024;
+  int64_t latents = 2048;
 };
 
 const Tile& tile() {

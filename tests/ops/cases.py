@@ -7,12 +7,27 @@ plentiful, and a float64 computation selects exactly the same latents.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from saekit.ops import reference
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-DEVICES_BACKENDS = (("cpu", "cpu"),)
+# (device, backend) pairs every op test runs; the CUDA ones only where a GPU is present.
+DEVICES_BACKENDS = (
+    ("cpu", "cpu"),
+    pytest.param("cuda", "cuda", marks=pytest.mark.gpu),
+    pytest.param("cuda", "triton", marks=pytest.mark.gpu),
+)
+
+
+def require(backend, op, device, dtype):
+    """Skip when backend declares that it cannot run op for device and dtype."""
+    from saekit.ops import dispatch
+
+    reason = dispatch.supports(backend, op, torch.device(device), dtype)
+    if reason is not None:
+        pytest.skip(reason)
 
 
 def grid(shape, generator, low=-8, high=8, device="cpu"):

@@ -10,6 +10,7 @@ from tests.ops.cases import (
     grads,
     grid,
     leaves,
+    require,
 )
 
 SHAPES = [(33, 16, 40, 5), (7, 8, 13, 13), (5, 4, 9, 1), (0, 8, 16, 4), (19, 12, 2100, 17)]
@@ -93,9 +94,9 @@ def test_gradient_changes_selection(device, backend):
 @pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
 def test_token_norm_matches_reference(device, backend):
     x, W, be, bd = encoder_inputs(50, 32, 300, torch.float32, data="gauss", device=device)
-    grad = torch.randn(50, 32) * 1e3
+    grad = torch.randn(50, 32, device=device) * 1e3
     grad[3] = 0
-    W_dec = torch.randn(300, 32)
+    W_dec = torch.randn(300, 32, device=device)
     out = gradient_topk_encode(x, grad, W, be, W_dec, bd, 10, beta=2.0, grad_norm="token", backend=backend)
     expect = gradient_topk_encode(x, grad, W, be, W_dec, bd, 10, beta=2.0, grad_norm="token", backend="reference")
     scaled = gradient_topk_encode(x, grad * 1e-3, W, be, W_dec, bd, 10, beta=2.0, grad_norm="token", backend=backend)
@@ -106,9 +107,10 @@ def test_token_norm_matches_reference(device, backend):
 
 @pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
 def test_no_gradient_into_grad_or_decoder(device, backend):
+    require(backend, "gradient_topk_encode", device, torch.float64)
     x, W, be, bd = leaves(*encoder_inputs(10, 6, 20, torch.float64, data="gauss", device=device))
-    grad = torch.randn(10, 6, dtype=torch.float64, requires_grad=True)
-    W_dec = torch.randn(20, 6, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(10, 6, dtype=torch.float64, device=device, requires_grad=True)
+    W_dec = torch.randn(20, 6, dtype=torch.float64, device=device, requires_grad=True)
     out = gradient_topk_encode(x, grad, W, be, W_dec, bd, 5, beta=1.5, backend=backend)
     out.values.sum().backward()
     assert grad.grad is None and W_dec.grad is None

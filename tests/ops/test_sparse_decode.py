@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from saekit.ops import sparse_decode
-from tests.ops.cases import DEVICES_BACKENDS, DTYPES, assert_close_to_oracle, grads, leaves
+from tests.ops.cases import DEVICES_BACKENDS, DTYPES, assert_close_to_oracle, grads, leaves, require
 
 SHAPES = [(33, 16, 40, 5), (7, 8, 13, 13), (5, 4, 9, 1), (0, 8, 16, 4), (64, 100, 3001, 32)]
 
@@ -40,7 +40,7 @@ def test_matches_reference(device, backend, dtype, shape):
     oracle = sparse_decode(ref64[0], idx, *ref64[1:], backend="reference")
     assert out.dtype == dtype and out.shape == (N, d)
     assert_close_to_oracle(out, expect, oracle, "x_hat")
-    torch.testing.assert_close(oracle, _dense_decode(v, idx, W, b))
+    torch.testing.assert_close(oracle.cpu(), _dense_decode(*(t.cpu() for t in (v, idx, W, b))))
     up = torch.randn(N, d, generator=torch.Generator().manual_seed(5)).to(device)
     for name, a, bb, c in zip(("dvalues", "dW_dec", "db_dec"), grads([out], mine, [up]),
                               grads([expect], ref, [up]), grads([oracle], ref64, [up])):
@@ -60,6 +60,7 @@ def test_repeated_indices_add_up(device, backend):
 
 @pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
 def test_gradcheck_float64(device, backend):
+    require(backend, "sparse_decode", device, torch.float64)
     v, idx, W, b = _inputs(6, 5, 7, 4, torch.float64, device=device)
     idx[0, 1] = idx[0, 0]  # a repeated latent in one row
     assert torch.autograd.gradcheck(lambda *a: sparse_decode(a[0], idx, *a[1:], backend=backend), leaves(v, W, b))
@@ -76,4 +77,4 @@ def test_out_of_range_index_is_an_error(device, backend, bad):
         with pytest.raises(ValueError, match="indices must lie in"):
             torch.ops.saekit.sparse_decode(v, idx, W, b)
         with pytest.raises(ValueError, match="indices must lie in"):
-            torch.ops.saekit.sparse_decode_backward(torch.ones(4, 3), v, idx, W)
+            torch.ops.saekit.sparse_decode_backward(torch.ones(4, 3, device=device), v, idx, W)

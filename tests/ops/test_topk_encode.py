@@ -11,6 +11,7 @@ from tests.ops.cases import (
     encoder_inputs,
     grads,
     leaves,
+    require,
 )
 
 # (N, d, M, k): k = M, k = 1, N = 0, M not a multiple of 8, several CPU tiles of latents.
@@ -104,11 +105,11 @@ def test_rows_with_fewer_than_k_positive(device, backend):
     out.values.sum().backward()
     # Gradient reaches only selected latents whose pre-activation is positive.
     pre = reference.pre_activations(x, W, be, bd).detach()
-    positive_selected = torch.zeros(M, dtype=torch.bool)
+    positive_selected = torch.zeros(M, dtype=torch.bool, device=device)
     positive_selected[out.indices[pre.gather(1, out.indices) > 0]] = True
     assert (be.grad[~positive_selected] == 0).all()
     assert torch.equal(be.grad, (pre > 0).float().scatter(1, out.indices, 1.0, reduce="multiply")
-                       .mul(torch.zeros(N, M).scatter(1, out.indices, 1.0)).sum(0))
+                       .mul(torch.zeros(N, M, device=device).scatter(1, out.indices, 1.0)).sum(0))
 
 
 @pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
@@ -128,7 +129,7 @@ def test_auxk_matches_reference(device, backend, dtype, k_aux):
     assert torch.equal(out.aux_indices, expect.aux_indices)
     assert dead[out.aux_indices].all()
     assert torch.equal(out.aux_values, expect.aux_values)
-    up = torch.randn(N, k), torch.randn(N, k_aux)
+    up = torch.randn(N, k, device=device), torch.randn(N, k_aux, device=device)
     for a, b in zip(grads([out.values, out.aux_values], mine, up),
                     grads([expect.values, expect.aux_values], ref, up)):
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
@@ -136,6 +137,7 @@ def test_auxk_matches_reference(device, backend, dtype, k_aux):
 
 @pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
 def test_gradcheck_float64(device, backend):
+    require(backend, "topk_encode", device, torch.float64)
     inputs = leaves(*encoder_inputs(6, 5, 11, torch.float64, data="gauss", device=device))
     dead = torch.tensor([True, False] * 5 + [True], device=device)
 

@@ -45,7 +45,8 @@ def topk_encode(x, W_enc, b_enc, b_dec, k, *, dead=None, k_aux=None, backend="au
         where the selected pre-activation is positive.
 
     Memory: the compiled backends never hold the [N, M] pre-activations; the CPU kernel works
-    in float32 tiles of at most 2048 x 1024 (SAEKIT_CPU_TILE) plus O(N * (k + k_aux)) state.
+    in float32 tiles of at most 1024 x 2048 (8 MB; SAEKIT_CPU_TILE="rows,latents") plus
+    O(N * (k + k_aux)) selection state.
     """
     check_encoder(x, W_enc, b_enc, b_dec, k)
     check_dead(dead, k_aux, x, W_enc.shape[0])
