@@ -13,7 +13,7 @@ TORCH_LIBRARY(saekit, m) {
   m.def(
       "topk_encode(Tensor x, Tensor W_enc, Tensor b_enc, Tensor b_dec, int k, Tensor? dead, "
       "int k_aux) -> (Tensor values, Tensor indices, Tensor aux_values, Tensor aux_indices)");
-  // SPEC 2, with g the (already normalised) gradient [N, d] and beta >= its finite value.
+  // SPEC 2, with g the gradient [N, d] already normalised as grad_norm asks, beta finite.
   m.def(
       "gradient_topk_encode(Tensor x, Tensor g, Tensor W_enc, Tensor b_enc, Tensor W_dec, "
       "Tensor b_dec, int k, float beta) -> (Tensor values, Tensor indices)");

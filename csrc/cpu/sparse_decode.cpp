@@ -15,6 +15,46 @@ namespace {
 
 constexpr int64_t kRowGrain = 16;
 
+// Generic inner loops for every dtype: out += c * w, and a . w, accumulating in acc_t.
+template <typename acc_t, typename in_t>
+inline void axpy(acc_t* __restrict__ out, const in_t* __restrict__ w, acc_t c, int64_t d) {
+  for (int64_t t = 0; t < d; ++t) out[t] += c * static_cast<acc_t>(w[t]);
+}
+
+template <typename acc_t, typename in_t>
+inline acc_t dot(const acc_t* __restrict__ a, const in_t* __restrict__ w, int64_t d) {
+  acc_t s = 0;
+  for (int64_t t = 0; t < d; ++t) s += a[t] * static_cast<acc_t>(w[t]);
+  return s;
+}
+
+// Their float32 overloads (preferred by overload resolution), cloned per instruction set and picked at load time, so a portable
+// build still runs AVX2/AVX-512 where the CPU has it.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SAEKIT_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SAEKIT_SIMD_CLONES
+#endif
+
+SAEKIT_SIMD_CLONES void axpy(float* __restrict__ out, const float* __restrict__ w, float c,
+                             int64_t d) {
+  for (int64_t t = 0; t < d; ++t) out[t] += c * w[t];
+}
+
+// 16 independent partial sums, so the reduction vectorises without reassociating floats.
+SAEKIT_SIMD_CLONES float dot(const float* __restrict__ a, const float* __restrict__ b,
+                             int64_t d) {
+  float lane[16] = {};
+  int64_t t = 0;
+  for (; t + 16 <= d; t += 16) {
+    for (int l = 0; l < 16; ++l) lane[l] += a[t + l] * b[t + l];
+  }
+  float s = 0;
+  for (int l = 0; l < 16; ++l) s += lane[l];
+  for (; t < d; ++t) s += a[t] * b[t];
+  return s;
+}
+
 }  // namespace
 
 at::Tensor gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::Tensor& W) {
@@ -37,7 +77,7 @@ at::Tensor gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::
         for (int64_t j = 0; j < k; ++j) {
           const acc_t c = cf[n * k + j];
           const scalar_t* wr = w + ix[n * k + j] * d;
-          for (int64_t t = 0; t < d; ++t) on[t] += c * static_cast<acc_t>(wr[t]);
+          axpy(on, wr, c, d);
         }
       }
     });
@@ -63,9 +103,7 @@ at::Tensor gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::T
         const acc_t* rn = r + n * d;
         for (int64_t j = 0; j < k; ++j) {
           const scalar_t* wr = w + ix[n * k + j] * d;
-          acc_t s = 0;
-          for (int64_t t = 0; t < d; ++t) s += rn[t] * static_cast<acc_t>(wr[t]);
-          o[n * k + j] = s;
+          o[n * k + j] = dot(rn, wr, d);
         }
       }
     });
@@ -107,7 +145,7 @@ std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef, const at:
           const int64_t e = order[p];
           const scalar_t c = cf[e];
           const scalar_t* rn = r + (e / k) * d;
-          for (int64_t t = 0; t < d; ++t) oi[t] += c * rn[t];
+          axpy(oi, rn, c, d);
           c_total += c;
         }
         cs[i] = c_total;
