@@ -15,6 +15,13 @@ namespace {
 
 constexpr int64_t kRowGrain = 16;
 
+// Rows are gathered in random order from a matrix larger than the caches: ask for the next
+// one while the current one is summed.
+inline void prefetch_row(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off);
+}
+
 // Generic inner loops for every dtype: out += c * w, and a . w, accumulating in acc_t.
 template <typename acc_t, typename in_t>
 inline void axpy(acc_t* __restrict__ out, const in_t* __restrict__ w, acc_t c, int64_t d) {
@@ -77,6 +84,9 @@ at::Tensor gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::
         for (int64_t j = 0; j < k; ++j) {
           const acc_t c = cf[n * k + j];
           const scalar_t* wr = w + ix[n * k + j] * d;
+          if (n * k + j + 1 < n1 * k) {
+            prefetch_row(w + ix[n * k + j + 1] * d, d * int64_t(sizeof(scalar_t)));
+          }
           axpy(on, wr, c, d);
         }
       }
@@ -103,6 +113,9 @@ at::Tensor gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::T
         const acc_t* rn = r + n * d;
         for (int64_t j = 0; j < k; ++j) {
           const scalar_t* wr = w + ix[n * k + j] * d;
+          if (n * k + j + 1 < n1 * k) {
+            prefetch_row(w + ix[n * k + j + 1] * d, d * int64_t(sizeof(scalar_t)));
+          }
           o[n * k + j] = dot(rn, wr, d);
         }
       }

@@ -46,11 +46,6 @@ const Tile& tile() {
 
 constexpr int64_t kScanBlock = 16;
 
-template <typename acc_t>
-inline acc_t relu(acc_t v) {
-  return v > acc_t(0) || std::isnan(v) ? v : acc_t(0);
-}
-
 // Per-row selection state for all N rows: k keys, scores and pre-activations per row.
 template <typename acc_t>
 struct SelectionState {
@@ -82,7 +77,10 @@ inline void merge_row(RowTopK<acc_t>& top, const acc_t* prod, const acc_t* hprod
     for (int64_t t = 0; t < m; ++t) {
       pre[t] = prod[j0 + t] + bias[j0 + t];
       if constexpr (kGrad) {
-        score[t] = pre[t] + (beta * relu(pre[t])) * std::abs(hprod[j0 + t]);
+        // relu without its NaN case, so the loop vectorises: a NaN pre gives a NaN score
+        // either way, exactly as pre + (beta * relu(pre)) * |h| does.
+        const acc_t z = pre[t] > acc_t(0) ? pre[t] : acc_t(0);
+        score[t] = pre[t] + (beta * z) * std::abs(hprod[j0 + t]);
       } else {
         score[t] = pre[t];
       }

@@ -118,3 +118,18 @@ def test_no_gradient_into_grad_or_decoder(device, backend):
         lambda x_, W_, be_: gradient_topk_encode(x_, grad.detach(), W_, be_, W_dec, bd, 5, beta=1.5, backend=backend).values,
         (x.detach().requires_grad_(), W.detach().requires_grad_(), be.detach().requires_grad_()),
     )
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+def test_nan_scores_match_reference(device, backend):
+    """NaN in pre (a NaN encoder row) or in h (a NaN decoder row) ranks first, as in TopK."""
+    N, d, M, k = 9, 8, 30, 5
+    x, W, be, bd = encoder_inputs(N, d, M, torch.float32, device=device)
+    grad, W_dec = _grad_inputs(N, d, M, torch.float32, 2, device)
+    W[4, 1] = float("nan")
+    W_dec[17, 0] = float("nan")
+    out = gradient_topk_encode(x, grad, W, be, W_dec, bd, k, beta=0.5, backend=backend)
+    expect = gradient_topk_encode(x, grad, W, be, W_dec, bd, k, beta=0.5, backend="reference")
+    assert out.indices[:, :2].tolist() == [[4, 17]] * N
+    assert torch.equal(out.indices, expect.indices)
+    torch.testing.assert_close(out.values, expect.values, equal_nan=True)
