@@ -33,20 +33,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _rss_peak_bytes() -> int | None:
+def _status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status (VmHWM: peak resident set, VmRSS: resident set)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _rss_bytes() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
@@ -77,9 +68,9 @@ def measure_peak(fn: Callable[[], object], device: str = "cpu") -> int | None:
         return torch.cuda.max_memory_allocated() - base
     if not _reset_rss_peak():
         return None
-    base = _rss_bytes()
+    base = _status_bytes("VmRSS")
     out = fn()
-    peak = _rss_peak_bytes()
+    peak = _status_bytes("VmHWM")
     del out
     return None if base is None or peak is None else max(peak - base, 0)
 
