@@ -8,6 +8,7 @@
 // N x (k + k_aux) selection state, independent of M.
 // Backward: from the N x k nonzeros only (sparse_rows.h).
 #include "checks.h"
+#include "encode_args.h"
 #include "cpu/row_topk.h"
 #include "cpu/sparse_rows.h"
 #include "sparse_ops.h"
@@ -183,47 +184,30 @@ void encode(const at::Tensor& x, const at::Tensor& g, const at::Tensor& W_enc,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_encode_cpu(
     const at::Tensor& x, const at::Tensor& W_enc, const at::Tensor& b_enc,
     const at::Tensor& b_dec, int64_t k, const std::optional<at::Tensor>& dead, int64_t k_aux) {
-  check_encoder_args(x, W_enc, b_enc, b_dec);
-  const int64_t N = x.size(0), M = W_enc.size(0);
-  check_k(k, M);
-  if (dead.has_value()) {
-    check_dead(*dead, M, x, k_aux);
-  } else {
-    k_aux = 0;
-  }
-  auto values = at::empty({N, k}, x.options());
-  auto indices = at::empty({N, k}, x.options().dtype(at::kLong));
-  auto aux_values = at::empty({N, k_aux}, x.options());
-  auto aux_indices = at::empty({N, k_aux}, x.options().dtype(at::kLong));
+  auto o = prepare_topk_encode(x, W_enc, b_enc, b_dec, k, dead, k_aux);
   const at::Tensor dead_t = dead.has_value() ? *dead : at::Tensor();
   if (x.scalar_type() == at::kDouble) {
-    encode<double, false>(x, {}, W_enc, b_enc, {}, b_dec, k, 0.0, dead_t, k_aux, values, indices,
-                          aux_values, aux_indices);
+    encode<double, false>(x, {}, W_enc, b_enc, {}, b_dec, k, 0.0, dead_t, o.k_aux, o.values,
+                          o.indices, o.aux_values, o.aux_indices);
   } else {
-    encode<float, false>(x, {}, W_enc, b_enc, {}, b_dec, k, 0.0f, dead_t, k_aux, values, indices,
-                         aux_values, aux_indices);
+    encode<float, false>(x, {}, W_enc, b_enc, {}, b_dec, k, 0.0f, dead_t, o.k_aux, o.values,
+                         o.indices, o.aux_values, o.aux_indices);
   }
-  return {values, indices, aux_values, aux_indices};
+  return {o.values, o.indices, o.aux_values, o.aux_indices};
 }
 
 std::tuple<at::Tensor, at::Tensor> gradient_topk_encode_cpu(
     const at::Tensor& x, const at::Tensor& g, const at::Tensor& W_enc, const at::Tensor& b_enc,
     const at::Tensor& W_dec, const at::Tensor& b_dec, int64_t k, double beta) {
-  check_encoder_args(x, W_enc, b_enc, b_dec);
-  check_gradient_args(x, g, W_enc, W_dec, beta);
-  const int64_t N = x.size(0), M = W_enc.size(0);
-  check_k(k, M);
-  auto values = at::empty({N, k}, x.options());
-  auto indices = at::empty({N, k}, x.options().dtype(at::kLong));
-  at::Tensor none_v = at::empty({N, 0}, x.options()), none_i = at::empty({N, 0}, indices.options());
+  auto o = prepare_gradient_topk_encode(x, g, W_enc, b_enc, W_dec, b_dec, k, beta);
   if (x.scalar_type() == at::kDouble) {
-    encode<double, true>(x, g, W_enc, b_enc, W_dec, b_dec, k, beta, {}, 0, values, indices,
-                         none_v, none_i);
+    encode<double, true>(x, g, W_enc, b_enc, W_dec, b_dec, k, beta, {}, 0, o.values, o.indices,
+                         o.aux_values, o.aux_indices);
   } else {
     encode<float, true>(x, g, W_enc, b_enc, W_dec, b_dec, k, static_cast<float>(beta), {}, 0,
-                        values, indices, none_v, none_i);
+                        o.values, o.indices, o.aux_values, o.aux_indices);
   }
-  return {values, indices};
+  return {o.values, o.indices};
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 // chunk's C keys. Working memory O(N * (C + k)), C chosen so that a tile stays under 256 MB,
 // independent of M. The fused GEMM-epilogue selection is the next step (issue 3).
 #include "checks.h"
+#include "encode_args.h"
 #include "cuda/sparse_rows.cuh"
 #include "sparse_ops.h"
 
@@ -131,37 +132,21 @@ void check_no_double(const at::Tensor& x) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_encode_cuda(
     const at::Tensor& x, const at::Tensor& W_enc, const at::Tensor& b_enc,
     const at::Tensor& b_dec, int64_t k, const std::optional<at::Tensor>& dead, int64_t k_aux) {
-  check_encoder_args(x, W_enc, b_enc, b_dec);
+  auto o = prepare_topk_encode(x, W_enc, b_enc, b_dec, k, dead, k_aux);
   check_no_double(x);
-  const int64_t N = x.size(0), M = W_enc.size(0);
-  check_k(k, M);
-  if (dead.has_value()) {
-    check_dead(*dead, M, x, k_aux);
-  } else {
-    k_aux = 0;
-  }
-  auto values = at::empty({N, k}, x.options());
-  auto indices = at::empty({N, k}, x.options().dtype(at::kLong));
-  auto aux_values = at::empty({N, k_aux}, x.options());
-  auto aux_indices = at::empty({N, k_aux}, indices.options());
   encode<false>(x, {}, W_enc, b_enc, {}, b_dec, k, 0.0, dead.has_value() ? *dead : at::Tensor(),
-                k_aux, values, indices, aux_values, aux_indices);
-  return {values, indices, aux_values, aux_indices};
+                o.k_aux, o.values, o.indices, o.aux_values, o.aux_indices);
+  return {o.values, o.indices, o.aux_values, o.aux_indices};
 }
 
 std::tuple<at::Tensor, at::Tensor> gradient_topk_encode_cuda(
     const at::Tensor& x, const at::Tensor& g, const at::Tensor& W_enc, const at::Tensor& b_enc,
     const at::Tensor& W_dec, const at::Tensor& b_dec, int64_t k, double beta) {
-  check_encoder_args(x, W_enc, b_enc, b_dec);
-  check_gradient_args(x, g, W_enc, W_dec, beta);
+  auto o = prepare_gradient_topk_encode(x, g, W_enc, b_enc, W_dec, b_dec, k, beta);
   check_no_double(x);
-  const int64_t N = x.size(0), M = W_enc.size(0);
-  check_k(k, M);
-  auto values = at::empty({N, k}, x.options());
-  auto indices = at::empty({N, k}, x.options().dtype(at::kLong));
-  auto none_v = at::empty({N, 0}, x.options()), none_i = at::empty({N, 0}, indices.options());
-  encode<true>(x, g, W_enc, b_enc, W_dec, b_dec, k, beta, {}, 0, values, indices, none_v, none_i);
-  return {values, indices};
+  encode<true>(x, g, W_enc, b_enc, W_dec, b_dec, k, beta, {}, 0, o.values, o.indices,
+               o.aux_values, o.aux_indices);
+  return {o.values, o.indices};
 }
 
 }  // namespace
