@@ -21,6 +21,11 @@ DEVICES_BACKENDS = (
 )
 
 
+def shape_id(shape):
+    """Readable test id of an (N, d, M, k) case."""
+    return "N{}-d{}-M{}-k{}".format(*shape)
+
+
 def require(backend, op, device, dtype):
     """Skip when backend declares that it cannot run op for device and dtype."""
     from saekit.ops import dispatch

@@ -3,6 +3,7 @@ import torch
 
 from saekit.ops import gradient_topk_encode, reference, topk_encode
 from tests.ops.cases import (
+    shape_id,
     DEVICES_BACKENDS,
     DTYPES,
     assert_close_to_oracle,
@@ -14,10 +15,6 @@ from tests.ops.cases import (
 )
 
 SHAPES = [(33, 16, 40, 5), (7, 8, 13, 13), (5, 4, 9, 1), (0, 8, 16, 4), (19, 12, 2100, 17)]
-
-
-def _id(s):
-    return "N{}-d{}-M{}-k{}".format(*s)
 
 
 def _grad_inputs(N, d, M, dtype, seed, device="cpu"):
@@ -42,7 +39,7 @@ def test_reference_score_by_hand():
 
 @pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_matches_reference(device, backend, dtype, shape):
     N, d, M, k = shape
     inputs = encoder_inputs(N, d, M, dtype, seed=N + M, device=device)

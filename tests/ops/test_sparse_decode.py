@@ -2,13 +2,9 @@ import pytest
 import torch
 
 from saekit.ops import sparse_decode
-from tests.ops.cases import DEVICES_BACKENDS, DTYPES, assert_close_to_oracle, grads, leaves, require
+from tests.ops.cases import shape_id, DEVICES_BACKENDS, DTYPES, assert_close_to_oracle, grads, leaves, require
 
 SHAPES = [(33, 16, 40, 5), (7, 8, 13, 13), (5, 4, 9, 1), (0, 8, 16, 4), (64, 100, 3001, 32)]
-
-
-def _id(s):
-    return "N{}-d{}-M{}-k{}".format(*s)
 
 
 def _inputs(N, d, M, k, dtype, seed=0, device="cpu"):
@@ -30,7 +26,7 @@ def _dense_decode(values, indices, W_dec, b_dec):
 
 @pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_matches_reference(device, backend, dtype, shape):
     N, d, M, k = shape
     v, idx, W, b = _inputs(N, d, M, k, dtype, seed=N + k, device=device)

@@ -5,6 +5,7 @@ import torch
 
 from saekit.ops import reference, topk_encode
 from tests.ops.cases import (
+    shape_id,
     DEVICES_BACKENDS,
     DTYPES,
     assert_close_to_oracle,
@@ -16,10 +17,6 @@ from tests.ops.cases import (
 
 # (N, d, M, k): k = M, k = 1, N = 0, M not a multiple of 8, several CPU tiles of latents.
 SHAPES = [(33, 16, 40, 5), (7, 8, 13, 13), (5, 4, 9, 1), (0, 8, 16, 4), (19, 12, 2100, 17), (64, 24, 77, 31)]
-
-
-def _id(s):
-    return "N{}-d{}-M{}-k{}".format(*s)
 
 
 def _brute_force_indices(score_row, k):
@@ -40,7 +37,7 @@ def test_reference_selection_is_spec_order():
 
 @pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_matches_reference(device, backend, dtype, shape):
     N, d, M, k = shape
     inputs = encoder_inputs(N, d, M, dtype, seed=N + M, device=device)
