@@ -28,7 +28,7 @@ def flatten_rows(x: torch.Tensor, name: str = "x") -> torch.Tensor:
     """[..., d] -> [N, d] with N the product of the leading dims (a view where possible)."""
     if x.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension [..., d], got a scalar")
-    return x.reshape(-1, x.shape[-1])
+    return x.reshape(x.shape[:-1].numel(), x.shape[-1])
 
 
 def unflatten_rows(t: torch.Tensor, leading: torch.Size) -> torch.Tensor:
