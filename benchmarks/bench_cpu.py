@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
 
-import saekit  # noqa: E402
+import saekit
+from saekit.bench import harness as common
 
 
 def make_inputs(N, d, M, k, sets, seed=0):

@@ -5,16 +5,11 @@ the bytes they must move. Writes results/gpu_<device>.{json,md} (or $SAEKIT_RESU
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-import saekit  # noqa: E402
-from saekit.ops import dispatch  # noqa: E402
+import saekit
+from saekit.bench import harness as common
+from saekit.ops import dispatch
 
 N = 8192
 SHAPES = ((768, 24576, 32), (4096, 131072, 64))

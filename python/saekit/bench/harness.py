@@ -1,5 +1,7 @@
 """The one timing harness of saekit's benchmarks: warm-up, median and 20th/80th percentiles over
-repeats with fresh inputs cycled, peak memory per case, and the provenance of every result."""
+repeats with fresh inputs cycled, peak memory per case, and the provenance of every result.
+
+Used by ``saekit bench`` and by the scripts under ``benchmarks/``."""
 
 from __future__ import annotations
 
@@ -14,8 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
@@ -94,6 +94,12 @@ def bench(name: str, fn: Callable[[int], object], *, device: str = "cpu", repeat
     return Timing(name, pick(0.5), pick(0.2), pick(0.8), peak_bytes)
 
 
+def _saekit_version() -> str:
+    import saekit
+
+    return saekit.__version__
+
+
 def provenance(device: str = "cpu") -> dict:
     """Device, versions, commit and date for a result file."""
     try:
@@ -104,6 +110,7 @@ def provenance(device: str = "cpu") -> dict:
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit or "unknown",
+        "saekit": _saekit_version(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
@@ -116,9 +123,10 @@ def provenance(device: str = "cpu") -> dict:
     return info
 
 
-def write_results(stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
-    """Writes results/<stem>.json and results/<stem>.md (or under $SAEKIT_RESULTS_DIR)."""
-    out = Path(os.environ.get("SAEKIT_RESULTS_DIR", RESULTS))
+def write_results(stem: str, payload: dict, markdown: str, out_dir=None) -> tuple[Path, Path]:
+    """Writes <out_dir>/<stem>.json and .md; out_dir defaults to $SAEKIT_RESULTS_DIR, else
+    benchmarks/results under the current directory."""
+    out = Path(out_dir or os.environ.get("SAEKIT_RESULTS_DIR") or Path.cwd() / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
     j, m = out / f"{stem}.json", out / f"{stem}.md"
     j.write_text(json.dumps(payload, indent=2, default=lambda o: asdict(o)) + "\n")
