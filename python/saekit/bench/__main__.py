@@ -1,0 +1,3 @@
+from saekit.bench.run import main
+
+raise SystemExit(main())
