@@ -25,16 +25,41 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 BUILD_INFO: dict = dict(_C.build_info())
 
 
-def _release(version: str) -> str:
-    return version.split("+")[0]
-
-
-if _release(BUILD_INFO["torch_version"]) != _release(torch.__version__):
-    raise ImportError(
-        f"saekit._C was built against torch {BUILD_INFO['torch_version']} but torch "
-        f"{torch.__version__} is installed; rebuild saekit with "
+def torch_mismatch(built: str, installed: str) -> str | None:
+    """Why an extension built against torch ``built`` cannot load into torch ``installed``, or
+    None. saekit ships a wheel per torch release (it uses torch's full C++ API, whose ABI is
+    only promised within a release), so the releases must be equal; local tags (+cu130) may
+    differ."""
+    if built.split("+")[0] == installed.split("+")[0]:
+        return None
+    return (
+        f"saekit._C was built against torch {built} but torch {installed} is installed: install "
+        f"the saekit wheel built for torch {installed.split('+')[0]}, or rebuild from source with "
         "`pip install --no-build-isolation --force-reinstall .`"
     )
+
+
+def cuda_arch_mismatch(capability: tuple[int, int], archs: str) -> str | None:
+    """Why CUDA kernels compiled for ``archs`` ("80,90a") cannot run on a GPU of compute
+    ``capability`` (major, minor), or None. A cubin runs on its own major architecture at an
+    equal or higher minor; "a" (architecture-specific) cubins run only on their exact one."""
+    major, minor = capability
+    for arch in filter(None, archs.split(",")):
+        exact = arch.endswith("a")
+        digits = arch.rstrip("a")
+        a_major, a_minor = int(digits[:-1]), int(digits[-1])
+        if a_major == major and (a_minor == minor if exact else a_minor <= minor):
+            return None
+    built = ", ".join("sm_" + a for a in archs.split(",") if a) or "no architecture"
+    return (
+        f"saekit._C has CUDA kernels for {built}, not for this GPU (sm_{major}{minor}): rebuild "
+        f"with TORCH_CUDA_ARCH_LIST={major}.{minor} or use backend='triton'"
+    )
+
+
+_mismatch = torch_mismatch(BUILD_INFO["torch_version"], torch.__version__)
+if _mismatch:
+    raise ImportError(_mismatch)
 
 if BUILD_INFO["with_cuda"]:
     logger.debug("saekit._C built with CUDA kernels for sm_%s", BUILD_INFO["cuda_archs"])

@@ -1,0 +1,76 @@
+"""What the installed package says about its build, and the errors of environments it was not
+built for."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import saekit
+from saekit._extension import BUILD_INFO, cuda_arch_mismatch, torch_mismatch
+from saekit.ops import dispatch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not os.environ.get("SAEKIT_EXPECT_INSTALLED"), reason="set by CI, which tests the built wheel")
+def test_runs_against_the_installed_wheel_not_the_source_tree():
+    location = Path(saekit.__file__).resolve()
+    assert "site-packages" in location.parts, location
+    assert ROOT / "python" not in location.parents
+    assert (location.parent / "triton").is_dir(), "the Triton kernels ship in the wheel as Python"
+
+
+def test_build_info_records_torch_and_architectures():
+    assert torch_mismatch(BUILD_INFO["torch_version"], torch.__version__) is None
+    if BUILD_INFO["with_cuda"]:
+        archs = BUILD_INFO["cuda_archs"].split(",")
+        assert {"80", "90a"} <= set(archs), archs
+
+
+@pytest.mark.parametrize(("built", "installed", "ok"), [
+    ("2.14.1+cu130", "2.14.1", True),
+    ("2.14.1", "2.14.0", False),
+    ("2.11.0", "2.14.1+cu130", False),
+])
+def test_torch_release_must_match(built, installed, ok):
+    reason = torch_mismatch(built, installed)
+    assert (reason is None) == ok
+    if not ok:
+        assert built in reason and installed in reason and "wheel built for torch" in reason
+
+
+@pytest.mark.parametrize(("capability", "archs", "ok"), [
+    ((8, 0), "80,90a", True),
+    ((8, 6), "80,90a", True),   # sm_80 cubins run on later sm_8x
+    ((9, 0), "80,90a", True),
+    ((8, 9), "90a", False),     # architecture-specific cubins run on their exact GPU only
+    ((10, 0), "80,90a", False),
+    ((7, 5), "80", False),
+])
+def test_cuda_architecture_check(capability, archs, ok):
+    reason = cuda_arch_mismatch(capability, archs)
+    assert (reason is None) == ok
+    if not ok:
+        assert f"sm_{capability[0]}{capability[1]}" in reason and "TORCH_CUDA_ARCH_LIST" in reason
+
+
+def test_cpu_only_build_asked_for_cuda_says_so(monkeypatch):
+    monkeypatch.setattr(dispatch, "KERNELS", frozenset(k for k in dispatch.KERNELS if k[1] != "CUDA"))
+    reason = dispatch.supports("cuda", "topk_encode", torch.device("cuda"))
+    assert reason is not None and "without CUDA kernels" in reason
+    with pytest.raises(ValueError, match="backend='cuda' cannot run saekit.ops.topk_encode"):
+        dispatch.choose("topk_encode", "cuda", torch.device("cuda"))
+
+
+def test_info_prints_versions_archs_and_backends():
+    out = subprocess.run([sys.executable, "-m", "saekit.info"], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert f"saekit {saekit.__version__}" in out
+    assert f"torch {torch.__version__}" in out and "triton " in out
+    assert "built against torch" in out
+    for op in ("topk_encode", "gradient_topk_encode", "sparse_decode"):
+        assert f"{op} on cpu:" in out
