@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 import saekit
+from saekit.bench import floors
 from saekit.bench import harness as common
 from saekit.ops import dispatch
 
@@ -15,16 +16,9 @@ N = 8192
 SHAPES = ((768, 24576, 32), (4096, 131072, 64))
 
 
-def copy_bandwidth() -> float:
-    a = torch.empty(2**28, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    t = common.bench("copy", lambda i: b.copy_(a), device="cuda", repeats=10, peak=False)
-    return 2 * a.numel() / t.median_s
-
-
 def main():
     dev = torch.device("cuda")
-    bw = copy_bandwidth()
+    bw = floors.copy_bandwidth(dev)
     backends = [b for b in ("cuda", "triton") if dispatch.supports(b, "topk_encode", dev, torch.bfloat16) is None]
     lines = [f"# saekit GPU benchmark, bfloat16, N={N}", "", str(common.provenance("cuda")), "",
              f"measured copy bandwidth: {bw / 1e12:.2f} TB/s", "",
@@ -54,7 +48,7 @@ def main():
                 return torch.autograd.grad(out, (v, Wd), up)
 
             t = common.bench("dec", dec, device="cuda")
-            moved = 3 * N * k * d * 2  # gathered rows forward, for dvalues, and for dW_dec
+            moved = floors.decode_bytes(N, d, M, k, 2)
             row = dict(d=d, M=M, k=k, backend=backend, encode_over_gemm=enc.median_s / gemm.median_s,
                        gsae_over_two_gemms=genc.median_s / gemm2.median_s,
                        peak_over_dense=(enc.peak_bytes or 0) / max(dense_peak or 1, 1),
