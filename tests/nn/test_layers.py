@@ -146,3 +146,25 @@ def test_auxk_clamps_to_number_of_dead():
     assert sae(torch.randn(5, 8), dead=dead).aux.indices.shape == (5, 2)
     dead[:] = False
     assert sae(torch.randn(5, 8), dead=dead).aux.indices.shape == (5, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("cls", [TopKSAE, GradientTopKSAE])
+def test_sae_on_gpu_matches_reference(cls, backend):
+    from tests.ops.cases import require
+
+    require(backend, "topk_encode", "cuda", torch.bfloat16)
+    torch.manual_seed(0)
+    x = torch.randn(3, 100, 64, device="cuda")
+    grad = torch.randn_like(x) if cls is GradientTopKSAE else None
+    sae = cls(64, 1000, 16, backend="reference", device="cuda")
+    ref_out, ref_grads = _sae_grads(sae, x, grad)
+    sae.backend = backend
+    out, grads = _sae_grads(sae, x, grad)
+    assert (out.code.indices == ref_out.code.indices).float().mean() > 0.999
+    torch.testing.assert_close(out.x_hat, ref_out.x_hat, rtol=1e-4, atol=1e-4)
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-4, msg=name)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert sae(x).x_hat.dtype == torch.bfloat16
