@@ -1,0 +1,258 @@
+"""``saekit`` command line: ``saekit train`` and ``saekit eval``.
+
+``saekit train`` with no ``--model`` runs the embedded default: a TopK SAE and a g-SAE trained
+side by side on a toy model of superposition, evaluated and plotted (under a minute on CPU).
+With ``--model`` (a Hugging Face name or local path) and ``--hook`` it trains on that model's
+activations instead. Every flag can also come from a TOML file (``--config``), whose keys are
+the flag names with underscores; flags on the command line win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_INTERRUPTED = 130
+
+TRAIN_EPILOG = """\
+examples:
+  saekit train                                   # toy model of superposition, TopK vs g-SAE
+  saekit train --fast                            # the same at a reduced size (seconds)
+  saekit train --model gpt2 --hook transformer.h.6 --data corpus.txt --steps 5000
+  saekit train --config run.toml --steps 200     # flags override the file
+
+Ctrl-C (or SIGTERM) writes a checkpoint and exits with status 130; running the same command
+again resumes from it exactly (--no-resume starts over).
+
+config file (TOML, keys = flag names with underscores):
+  model = "gpt2"
+  hook = "transformer.h.6"
+  data = "corpus.txt"
+  arch = "topk,gradient_topk"
+  n_latents = 16384
+  k = 32
+  steps = 5000
+"""
+
+EVAL_EPILOG = """\
+examples:
+  saekit eval --sae runs/lm/topk --sae runs/lm/gradient_topk --model gpt2 --data corpus.txt
+  saekit eval --sae runs/toy/topk --model runs/toy/toy_model   # a toy model written by train
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file (flags override it)")
+    p.add_argument("--model", help="Hugging Face causal LM name or local directory; omit for the toy model")
+    p.add_argument("--hook", metavar="MODULE", help="module whose output is the activation, e.g. transformer.h.6 "
+                   "(an unknown name lists the available ones)")
+    p.add_argument("--data", metavar="PATH", help="text data: a .txt/.jsonl file or directory of them, or "
+                   "hf:NAME[:SPLIT] for a `datasets` dataset")
+    p.add_argument("--text-field", default=None, help="JSON / dataset field holding the text (default: text)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: 128)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences (LM) or rows (toy) per batch")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--model-dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the language model (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--out", metavar="DIR", default=None, help="output directory (default: runs/toy or runs/lm)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; "
+                   "the toy run uses 1, fastest for its tiny matrices)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saekit", description="Train and evaluate TopK and gradient-TopK "
+                                     "sparse autoencoders.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval}")
+    sub.required = True
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    train = sub.add_parser("train", help="train SAEs (the toy default, or on a model's activations)",
+                           description=__doc__.split("\n\n", 1)[1], epilog=TRAIN_EPILOG, formatter_class=fmt)
+    _common(train)
+    g = train.add_argument_group("SAE")
+    g.add_argument("--arch", default=None, help="comma-separated architectures trained side by side on the same "
+                   "batches: topk, gradient_topk (default: both)")
+    g.add_argument("--n-latents", type=int, default=None, help="latents M (default: toy 128, LM 16 x d)")
+    g.add_argument("--k", type=int, default=None, help="latents kept per token (default: toy 4, LM 32)")
+    g.add_argument("--k-aux", type=int, default=None, help="AuxK latents (default: toy 32, LM 512)")
+    g.add_argument("--beta", type=float, default=None, help="g-SAE gradient weight (default: 1.0, with "
+                   "per-token normalised gradients)")
+    t = train.add_argument_group("training")
+    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: toy 2000, LM 1000)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 2e-4 / sqrt(M / 2^14))")
+    t.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps")
+    t.add_argument("--decay", default=None, choices=["cosine", "linear", "constant"],
+                   help="decay over the last 20%% of steps (default: cosine)")
+    t.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default: 1)")
+    t.add_argument("--auxk-coef", type=float, default=None, help="AuxK loss coefficient (default: 1/32)")
+    t.add_argument("--dead-tokens", type=int, default=None, help="tokens without firing before a latent is dead")
+    t.add_argument("--autocast", default=None, choices=["auto", "bf16", "fp16", "none"],
+                   help="autocast for the SAE (default: auto = bf16 on CUDA, none on CPU)")
+    t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: "
+                   "only at the end and on interrupt)")
+    t.add_argument("--log", default=None, help="comma-separated: jsonl (always), wandb, tensorboard")
+    t.add_argument("--log-every", type=int, default=None, help="steps between logged metrics")
+    t.add_argument("--no-resume", action="store_true", default=None, help="ignore checkpoints in --out")
+    t.add_argument("--no-progress", action="store_true", default=None, help="no progress bar")
+    t.add_argument("--eval-batches", type=int, default=None, help="held-out batches for the final evaluation")
+    t.add_argument("--fast", action="store_true", default=None, help="toy model at a reduced size (seconds)")
+    t.add_argument("--no-plot", action="store_true", default=None, help="skip the PNG plot")
+
+    ev = sub.add_parser("eval", help="evaluate saved SAEs: FVU, L0, dead/dense latents, spliced CE and KL",
+                        epilog=EVAL_EPILOG, formatter_class=fmt)
+    _common(ev)
+    ev.add_argument("--sae", action="append", default=None, metavar="DIR",
+                    help="SAE directory (sae.safetensors + cfg.json); repeat to compare several")
+    ev.add_argument("--eval-batches", type=int, default=None, help="batches to evaluate (default: 20)")
+    ev.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
+    return parser
+
+
+def _load_config(path: str, parser: argparse.ArgumentParser, sub: argparse.ArgumentParser) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ValueError("--config needs Python 3.11+ (tomllib) or the tomli package") from None
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise ValueError(f"--config {path}: cannot read ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"--config {path}: not valid TOML ({e})") from None
+    known = {a.dest for a in sub._actions}
+    values = {}
+    for key, value in raw.items():
+        dest = key.replace("-", "_")
+        if dest not in known or dest in ("help", "config"):
+            raise ValueError(f"--config {path}: unknown key {key!r} (known: {', '.join(sorted(known - {'help', 'config'}))})")
+        values[dest] = value
+    return values
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        sub = parser._subparsers._group_actions[0].choices[args.command]
+        try:
+            file_values = _load_config(args.config, parser, sub)
+        except ValueError as e:
+            parser.exit(2, f"saekit: error: {e}\n")
+        for key, value in file_values.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
+    return args
+
+
+def _set_threads(n) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(int(n))
+
+
+def train_toy(args) -> int:
+    import torch
+
+    from saekit.eval.report import format_table
+    from saekit.toy.experiment import ToyExperiment, default_train_config, run_toy
+
+    _set_threads(args.threads or 1)
+    exp = ToyExperiment.fast() if args.fast else ToyExperiment()
+    for field_name in ("n_latents", "k", "k_aux", "beta", "batch_size", "seed"):
+        if getattr(args, field_name) is not None:
+            setattr(exp, field_name, getattr(args, field_name))
+    cfg = default_train_config(args.steps or (300 if args.fast else 2000))
+    _apply_train_flags(cfg, args)
+    archs = _archs(args)
+    out = Path(args.out or "runs/toy")
+    print(f"saekit train: toy model of superposition ({exp.toy.n_features} features in {exp.toy.n_hidden} "
+          f"dimensions), SAEs {', '.join(archs)} with M={exp.n_latents}, k={exp.k}; {cfg.steps} steps; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) -> {out}", flush=True)
+    results = run_toy(out, exp, cfg, architectures=archs, resume=not args.no_resume,
+                      stream=None if not args.no_progress else sys.stderr)
+    if results["interrupted"]:
+        return _interrupted(results["checkpoint"])
+    represented = next(iter(results["saes"].values()))["represented_features"]
+    print(format_table(results["saes"], title=f"\nheld-out evaluation ({exp.eval_rows} rows; MMCS over the "
+                                              f"{represented} features the toy model represents)"))
+    if not args.no_plot:
+        _plot(out, results)
+    print(f"results: {out / 'results.json'}  ({results['seconds']:.1f} s)")
+    return 0
+
+
+def _plot(out: Path, results: dict) -> None:
+    from saekit.toy.plot import plot_run
+
+    try:
+        print(f"plot: {plot_run(out, results)}")
+    except ImportError as e:
+        print(f"plot skipped: {e}")
+
+
+def _interrupted(checkpoint) -> int:
+    print(f"\ninterrupted: checkpoint written to {checkpoint}\n"
+          "run the same command again to resume from it (add --no-resume to start over)", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _archs(args) -> tuple:
+    value = args.arch or "topk,gradient_topk"
+    if isinstance(value, (list, tuple)):
+        value = ",".join(value)
+    archs = tuple(a.strip() for a in value.split(",") if a.strip())
+    for a in archs:
+        if a not in ("topk", "gradient_topk"):
+            raise ValueError(f"--arch: unknown architecture {a!r} (choose from topk, gradient_topk)")
+    if len(set(archs)) != len(archs) or not archs:
+        raise ValueError(f"--arch: give each architecture once, got {value!r}")
+    return archs
+
+
+def _apply_train_flags(cfg, args) -> None:
+    """Copy the trainer flags that were given onto TrainConfig ``cfg``."""
+    mapping = {"lr": "lr", "warmup_steps": "warmup_steps", "decay": "decay", "grad_accum": "grad_accum",
+               "auxk_coef": "auxk_coef", "dead_tokens": "dead_threshold_tokens", "autocast": "autocast",
+               "checkpoint_every": "checkpoint_every", "log_every": "log_every"}
+    for flag, attr in mapping.items():
+        if getattr(args, flag, None) is not None:
+            setattr(cfg, attr, getattr(args, flag))
+    if args.log:
+        cfg.loggers = tuple(dict.fromkeys(["jsonl"] + [x.strip() for x in args.log.split(",") if x.strip()]))
+    if args.no_progress:
+        cfg.progress = False
+    cfg.__post_init__()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.command == "train":
+            if args.model is None:
+                return train_toy(args)
+            from saekit.training.lm import train_lm
+
+            return train_lm(args)
+        from saekit.eval.lm import eval_command
+
+        return eval_command(args)
+    except ValueError as e:
+        from saekit.training.checkpoint import CheckpointError
+
+        hint = " (start over with --no-resume or another --out)" if isinstance(e, CheckpointError) else ""
+        print(f"saekit {args.command}: error: {e}{hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

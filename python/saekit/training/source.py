@@ -1,0 +1,38 @@
+"""What a trainer consumes: batches of activations (and, for g-SAEs, their loss gradients).
+
+Any object with this interface can feed ``saekit.training.Trainer``:
+
+- ``d_in``: the activation width d.
+- ``next_batch() -> ActivationBatch``: the next batch, x [N, d] and grad [N, d] or None.
+- ``state_dict() -> dict`` / ``load_state_dict(dict)``: the stream position as plain JSON
+  values, so that a resumed run reads exactly the batches an uninterrupted run would.
+
+``saekit.training.activations.HookedActivationSource`` (any torch module, Hugging Face causal
+LMs first) and ``saekit.toy.source.ToySource`` (the toy model of superposition) implement it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import torch
+
+
+class ActivationBatch(NamedTuple):
+    """x: [N, d] activations. grad: [N, d] gradient of the downstream loss with respect to x
+    (summed over tokens, so each row is its own token's loss gradient), or None."""
+
+    x: torch.Tensor
+    grad: torch.Tensor | None = None
+
+
+@runtime_checkable
+class ActivationSource(Protocol):
+    d_in: int
+    need_grad: bool
+
+    def next_batch(self) -> ActivationBatch: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
