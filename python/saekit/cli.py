@@ -189,7 +189,7 @@ def train_toy(args) -> int:
 
 
 def _plot(out: Path, results: dict) -> None:
-    from saekit.toy.plot import plot_run
+    from saekit.eval.plot import plot_run
 
     try:
         print(f"plot: {plot_run(out, results)}")
