@@ -10,7 +10,6 @@ the flag names with underscores; flags on the command line win.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -106,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ev)
     ev.add_argument("--sae", action="append", default=None, metavar="DIR",
                     help="SAE directory (sae.safetensors + cfg.json); repeat to compare several")
-    ev.add_argument("--eval-batches", type=int, default=None, help="batches to evaluate (default: 20)")
+    ev.add_argument("--eval-batches", type=int, default=None, help="batches to evaluate (default: 20; toy: 16 "
+                    "batches of --batch-size rows, default 1024)")
     ev.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
     return parser
 
@@ -130,7 +130,8 @@ def _load_config(path: str, parser: argparse.ArgumentParser, sub: argparse.Argum
     for key, value in raw.items():
         dest = key.replace("-", "_")
         if dest not in known or dest in ("help", "config"):
-            raise ValueError(f"--config {path}: unknown key {key!r} (known: {', '.join(sorted(known - {'help', 'config'}))})")
+            allowed = ", ".join(sorted(known - {"help", "config"}))
+            raise ValueError(f"--config {path}: unknown key {key!r} (known: {allowed})")
         values[dest] = value
     return values
 

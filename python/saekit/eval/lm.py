@@ -44,6 +44,7 @@ def _eval_toy(model_dir: Path, saes: dict, args) -> dict:
     exp = ToyExperiment(toy=model.cfg, seed=args.seed or 0)
     if args.batch_size:
         exp.batch_size = args.batch_size
+    exp.eval_rows = exp.batch_size * (16 if args.eval_batches is None else args.eval_batches)
     for name, sae in saes.items():
         if sae.d_in != model.cfg.n_hidden:
             raise ValueError(f"SAE {name!r} has d_in = {sae.d_in} but the toy model's hidden width is "

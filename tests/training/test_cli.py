@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from saekit.cli import build_parser, main, parse_args
+from tests.training.tiny_lm import make_tiny_lm, write_text
+
+
+def test_help_reads_well(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "toy model of superposition" in text and "--model" in text and "resume" in text
+
+
+def test_config_file_with_flags_overriding(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('steps = 7\nk = 3\narch = "topk"\nout = "x"\n')
+    args = parse_args(["train", "--config", str(cfg), "--steps", "9"])
+    assert (args.steps, args.k, args.arch, args.out) == (9, 3, "topk", "x")
+
+
+def test_bad_config_and_flags(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("stepz = 7\n")
+    with pytest.raises(SystemExit):
+        parse_args(["train", "--config", str(cfg)])
+    assert "unknown key 'stepz'" in capsys.readouterr().err
+    assert main(["train", "--fast", "--arch", "relu", "--out", str(tmp_path)]) == 2
+    assert "unknown architecture 'relu'" in capsys.readouterr().err
+
+
+def test_train_on_a_language_model_then_resume_and_eval(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    make_tiny_lm(tmp_path / "lm")
+    data = write_text(tmp_path / "data.txt")
+    out = tmp_path / "run"
+    common = ["--model", str(tmp_path / "lm"), "--hook", "transformer.h.0", "--data", str(data), "--out", str(out),
+              "--seq-len", "16", "--batch-size", "4", "--n-latents", "64", "--k", "4", "--k-aux", "8",
+              "--no-progress", "--no-plot", "--eval-batches", "2", "--lr", "3e-3"]
+    assert main(["train", *common, "--steps", "30"]) == 0
+    results = json.loads((out / "results.json").read_text())["saes"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for name in ("topk", "gradient_topk"):
+        assert records[-1][f"{name}/fvu"] < records[0][f"{name}/fvu"]
+        assert {"kl", "loss_recovered", "dead_frac", "dense_frac"} <= results[name].keys()
+    assert main(["train", *common, "--steps", "35"]) == 0  # continues from step 30
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["steps"] == 35
+    assert main(["eval", "--sae", str(out / "topk"), "--eval-batches", "1", "--batch-size", "2"]) == 0
+    assert "KL(clean || spliced)" in capsys.readouterr().out
+    assert main(["eval", "--sae", str(out / "topk"), "--hook", "transformer.h.9"]) == 2
+    assert "transformer.h.0.attn" in capsys.readouterr().err
