@@ -23,7 +23,12 @@ examples:
   saekit train --config run.toml --steps 200     # flags override the file
 
 Ctrl-C (or SIGTERM) writes a checkpoint and exits with status 130; running the same command
-again resumes from it exactly (--no-resume starts over).
+again resumes from it exactly (--no-resume starts over). After a hard kill the run resumes
+from its last periodic checkpoint (--checkpoint-every).
+
+g-SAE gradients: d(next-token cross-entropy summed over the batch's tokens) / d(activation),
+from the unmodified model in the same pass; each token's gradient is then independent of the
+batch size, and the g-SAE normalises it per token (grad_norm="token") before weighting by beta.
 
 config file (TOML, keys = flag names with underscores):
   model = "gpt2"
@@ -90,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dead-tokens", type=int, default=None, help="tokens without firing before a latent is dead")
     t.add_argument("--autocast", default=None, choices=["auto", "bf16", "fp16", "none"],
                    help="autocast for the SAE (default: auto = bf16 on CUDA, none on CPU)")
-    t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: "
-                   "only at the end and on interrupt)")
+    t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints, besides the "
+                   "end and Ctrl-C / SIGTERM (default: 500; 0: only those)")
     t.add_argument("--log", default=None, help="comma-separated: jsonl (always), wandb, tensorboard")
     t.add_argument("--log-every", type=int, default=None, help="steps between logged metrics")
     t.add_argument("--no-resume", action="store_true", default=None, help="ignore checkpoints in --out")
@@ -180,6 +185,8 @@ def train_toy(args) -> int:
                       stream=None if not args.no_progress else sys.stderr)
     if results["interrupted"]:
         return _interrupted(results["checkpoint"])
+    if results["resumed"]:
+        print(f"(resumed from a checkpoint in {out / 'checkpoints'}; --no-resume starts over)")
     represented = next(iter(results["saes"].values()))["represented_features"]
     print(format_table(results["saes"], title=f"\nheld-out evaluation ({exp.eval_rows} rows; MMCS over the "
                                               f"{represented} features the toy model represents)"))

@@ -53,9 +53,10 @@ class ToyExperiment:
 
 
 def default_train_config(steps: int = 2000) -> TrainConfig:
-    """Trainer settings of the toy run: a short warm-up, dead after 50k rows without firing."""
+    """Trainer settings of the toy run: a short warm-up, dead after 50k rows without firing,
+    a checkpoint every 500 steps (and on Ctrl-C / SIGTERM)."""
     return TrainConfig(steps=steps, warmup_steps=min(50, steps // 10 + 1), dead_threshold_tokens=50_000,
-                       log_every=max(1, steps // 100), autocast="none")
+                       log_every=max(1, steps // 100), autocast="none", checkpoint_every=500)
 
 
 def build_saes(exp: ToyExperiment, architectures=RUN_NAMES) -> dict:

@@ -107,7 +107,8 @@ def save_checkpoint(root, step: int, runs: dict, state: dict, *, keep: int = 2) 
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
     final, tmp = root / name, root / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in root.glob(".tmp-step-*"):  # left by a run killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
     runs_json = {}
     for run_name, run in runs.items():

@@ -60,7 +60,8 @@ def train_lm(args) -> int:
                          beta=1.0 if args.beta is None else args.beta, seed=args.seed or 0, device=device,
                          extra=extra)
     steps = args.steps or 1000
-    cfg = TrainConfig(steps=steps, warmup_steps=min(100, steps // 10), log_every=max(1, min(10, steps // 20)))
+    cfg = TrainConfig(steps=steps, warmup_steps=min(100, steps // 10), log_every=max(1, min(10, steps // 20)),
+                      checkpoint_every=500)
     _apply_train_flags(cfg, args)
     out = Path(args.out or "runs/lm")
     out.mkdir(parents=True, exist_ok=True)
