@@ -51,3 +51,15 @@ def test_train_on_a_language_model_then_resume_and_eval(tmp_path, capsys):
     assert "KL(clean || spliced)" in capsys.readouterr().out
     assert main(["eval", "--sae", str(out / "topk"), "--hook", "transformer.h.9"]) == 2
     assert "transformer.h.0.attn" in capsys.readouterr().err
+
+
+def test_eval_rejects_an_sae_of_another_width(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from saekit.nn import TopKSAE
+
+    make_tiny_lm(tmp_path / "lm")
+    TopKSAE(16, 32, 4).save(tmp_path / "sae")
+    args = ["eval", "--sae", str(tmp_path / "sae"), "--model", str(tmp_path / "lm"), "--hook", "transformer.h.0",
+            "--data", str(write_text(tmp_path / "d.txt"))]
+    assert main(args) == 2
+    assert "d_in = 16" in capsys.readouterr().err

@@ -130,3 +130,11 @@ def test_checkpoint_of_other_saes_is_rejected(toy_model, tmp_path):
 def test_dimension_mismatch_is_a_clear_error(toy_model, tmp_path):
     with pytest.raises(ValueError, match="d_in = 5 but the activations have d = 6"):
         Trainer({"topk": TopKSAE(5, 8, 2)}, ToySource(toy_model, 8), TrainConfig(progress=False), tmp_path)
+
+
+def test_bf16_autocast_trains_float32_master_weights(toy_model, tmp_path):
+    trainer = make_trainer(toy_model, tmp_path, steps=20, autocast="bf16", lr=3e-3)
+    first = {k: float(v) for k, v in trainer.train_step().items()}
+    result = trainer.train()
+    assert result.metrics["topk/fvu"] < first["topk/fvu"]
+    assert all(p.dtype == torch.float32 for r in trainer.runs.values() for p in r.sae.parameters())
