@@ -8,7 +8,11 @@ run raises ``ValueError`` with the reason, never falls back silently.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import logging
+import os
+import sys
 
 import torch
 
@@ -26,20 +30,63 @@ PRIORITY = {
 
 _logged: set = set()
 
+# The triton backend runs CPU tensors only in Triton's interpreter (TRITON_INTERPRET=1), which
+# is for testing, never for speed: "auto" never picks it there, naming it explicitly does.
 
-def _triton_reason(op: str, device: torch.device) -> str | None:
-    return "the Triton backend is not implemented yet"
+# The largest k (or k_aux) of the triton encoder, whose per-row key buffer lives in registers
+# (saekit.triton.MAX_K; kept here so that the check imports nothing).
+TRITON_MAX_K = 256
+
+
+# Looked up once, without importing triton: plain values are cheap to trace.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
+def _release(package: str) -> tuple:
+    try:
+        return tuple(int(p) for p in importlib.metadata.version(package).split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return (0, 0)
+
+
+# Triton's interpreter fails on runtime loop bounds before 3.8 with numpy >= 2.4 (triton#9171).
+_TRITON_INTERPRETER_OK = _release("triton") >= (3, 8)
+
+
+def _triton_reason(op: str, device: torch.device, k: int | None = None) -> str | None:
+    if not _TRITON_INSTALLED:
+        return "triton is not installed (pip install 'saekit[triton]')"
+    if k is not None and k > TRITON_MAX_K:
+        return f"the triton encoder keeps at most {TRITON_MAX_K} latents per row, got k = {k}"
+    if device.type == "cuda":
+        return None
+    if device.type != "cpu":
+        return f"the triton backend runs on CUDA tensors (or CPU ones in its interpreter), got {device.type}"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return "triton runs CPU tensors only in its interpreter: set TRITON_INTERPRET=1 before importing saekit"
+    if not _TRITON_INTERPRETER_OK:
+        return "triton's CPU interpreter needs triton >= 3.8 (pip install 'saekit[triton-cpu]')"
+    loaded = sys.modules.get("saekit.triton")
+    if loaded is not None and not loaded.INTERPRETED:
+        return "saekit.triton was imported before TRITON_INTERPRET=1 was set, so its kernels are compiled ones"
+    return None
 
 
 # (backend, op) -> dtypes that backend's kernel for that op rejects.
 UNSUPPORTED_DTYPES = {
     ("cuda", "topk_encode"): (torch.float64,),
     ("cuda", "gradient_topk_encode"): (torch.float64,),
+    ("triton", "topk_encode"): (torch.float64,),
+    ("triton", "gradient_topk_encode"): (torch.float64,),
+    ("triton", "sparse_decode"): (torch.float64,),
 }
 
 
-def supports(backend: str, op: str, device: torch.device, dtype: torch.dtype | None = None) -> str | None:
-    """None when ``backend`` can run ``op`` on ``device`` for ``dtype``, else the reason not."""
+def supports(
+    backend: str, op: str, device: torch.device, dtype: torch.dtype | None = None, *, k: int | None = None
+) -> str | None:
+    """None when ``backend`` can run ``op`` on ``device`` for ``dtype`` (and, for the encoders,
+    ``k`` latents per row, the larger of k and k_aux), else the reason not."""
     if dtype is not None and dtype in UNSUPPORTED_DTYPES.get((backend, op), ()):
         return f"the {backend} kernel of {op} does not support {dtype}"
     if backend == "reference":
@@ -57,20 +104,22 @@ def supports(backend: str, op: str, device: torch.device, dtype: torch.dtype | N
             return "saekit._C was built without CUDA kernels (rebuild with CUDA_HOME set)"
         return None
     if backend == "triton":
-        return _triton_reason(op, device)
+        return _triton_reason(op, device, k)
     raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
 
 
-def choose(op: str, backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+def choose(
+    op: str, backend: str, device: torch.device, dtype: torch.dtype | None = None, *, k: int | None = None
+) -> str:
     """The backend that runs ``op`` for tensors on ``device`` (see the module docstring)."""
     if backend != "auto":
-        reason = supports(backend, op, device, dtype)
+        reason = supports(backend, op, device, dtype, k=k)
         if reason is not None:
             raise ValueError(f"backend={backend!r} cannot run saekit.ops.{op}: {reason}")
         return backend
     reasons = []
     for name in PRIORITY.get(device.type, ("reference",)):
-        reason = supports(name, op, device, dtype)
+        reason = supports(name, op, device, dtype, k=k)
         if reason is None:
             key = (op, device.type, name)
             if key not in _logged and not torch.compiler.is_compiling():

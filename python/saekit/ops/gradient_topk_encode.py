@@ -36,7 +36,7 @@ def gradient_topk_encode(
     check_gradient(grad, W_dec, x, W_enc, beta, grad_norm)
     g = reference.normalize_grad(grad, grad_norm)
     beta = float(beta)
-    name = dispatch.choose("gradient_topk_encode", backend, x.device, x.dtype)
+    name = dispatch.choose("gradient_topk_encode", backend, x.device, x.dtype, k=k)
     if name == "reference":
         out = reference.gradient_topk_encode(x, g, W_enc, b_enc, W_dec, b_dec, k, beta)
     elif name == "triton":

@@ -19,7 +19,8 @@ def sparse_decode(values, indices, W_dec, b_dec, *, backend="auto"):
     Returns:
         x_hat [N, d] in the dtype of values. Gradients flow into values, W_dec and b_dec; the
         compiled backends read only the k selected rows per token (O(N * k * d) work), and
-        accumulate the W_dec gradient in float32, grouped by latent (deterministic).
+        accumulate the W_dec gradient in float32, grouped by latent (deterministic; the triton
+        backend adds into float32 with atomics, so its last bits may vary between runs).
 
     Raises:
         ValueError for an index outside [0, M), before any row is read.

@@ -51,7 +51,7 @@ def topk_encode(x, W_enc, b_enc, b_dec, k, *, dead=None, k_aux=None, backend="au
     check_encoder(x, W_enc, b_enc, b_dec, k)
     check_dead(dead, k_aux, x, W_enc.shape[0])
     k_aux_ = 0 if dead is None else k_aux
-    name = dispatch.choose("topk_encode", backend, x.device, x.dtype)
+    name = dispatch.choose("topk_encode", backend, x.device, x.dtype, k=max(k, k_aux_))
     if name == "reference":
         out = reference.topk_encode(x, W_enc, b_enc, b_dec, k, dead, k_aux_)
     elif name == "triton":

@@ -1,0 +1,65 @@
+"""Sparse decode on Triton: custom ops ``saekit_triton::{sparse_decode, sparse_decode_backward}``
+with fakes and autograd, and the entry point saekit.ops calls."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saekit.ops.validation import check_indices_range
+from saekit.triton.sparse_kernels import gather_dot, gather_sum, scatter_rows
+
+
+@torch.library.custom_op("saekit_triton::sparse_decode", mutates_args=())
+def _sparse_decode_op(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+    check_indices_range(indices, W_dec.shape[0])
+    values, indices, W_dec, b_dec = (t.contiguous() for t in (values, indices, W_dec, b_dec))
+    return gather_sum(values, indices, W_dec, b_dec)
+
+
+@_sparse_decode_op.register_fake
+def _(values, indices, W_dec, b_dec):
+    return values.new_empty(values.shape[0], W_dec.shape[1])
+
+
+@torch.library.custom_op("saekit_triton::sparse_decode_backward", mutates_args=())
+def _sparse_decode_backward_op(
+    grad_out: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    check_indices_range(indices, W_dec.shape[0])
+    grad_out, values, indices, W_dec = (t.contiguous() for t in (grad_out, values, indices, W_dec))
+    dvalues = gather_dot(grad_out, indices, W_dec).to(values.dtype)
+    dW_dec = scatter_rows(values, indices, grad_out, W_dec.shape[0]).to(W_dec.dtype)
+    db_dec = grad_out.float().sum(0).to(W_dec.dtype)
+    return dvalues, dW_dec, db_dec
+
+
+@_sparse_decode_backward_op.register_fake
+def _(grad_out, values, indices, W_dec):
+    return torch.empty_like(values), torch.empty_like(W_dec), W_dec.new_empty(W_dec.shape[1])
+
+
+def _setup_context(ctx, inputs, output):
+    values, indices, W_dec, b_dec = inputs
+    ctx.save_for_backward(values, indices, W_dec)
+
+
+def _backward(ctx, grad_out):
+    values, indices, W_dec = ctx.saved_tensors
+    dvalues, dW_dec, db_dec = torch.ops.saekit_triton.sparse_decode_backward(grad_out, values, indices, W_dec)
+    return dvalues, None, dW_dec, db_dec
+
+
+_sparse_decode_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def sparse_decode(values, indices, W_dec, b_dec):
+    """SPEC section 3 on Triton (arguments already validated by saekit.ops).
+
+    values [N, k], indices [N, k] int64 in [0, M), W_dec [M, d], b_dec [d] -> x_hat [N, d] in
+    the dtype of values. Differentiable in values, W_dec and b_dec; reads only the k selected
+    rows per token. The W_dec gradient accumulates in float32 (atomics) and is cast once.
+
+    Raises ValueError for an index outside [0, M) before any kernel runs.
+    """
+    return torch.ops.saekit_triton.sparse_decode(values, indices, W_dec, b_dec)

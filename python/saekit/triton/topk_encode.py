@@ -1,0 +1,178 @@
+"""TopK and g-SAE encode on Triton: custom ops ``saekit_triton::{topk_encode,
+gradient_topk_encode, topk_encode_backward}`` with fakes and autograd, and their entry points.
+
+Forward: the fused kernel of saekit.triton.encode_kernel writes each latent split's best packed
+keys; one torch.topk over the [N, splits * K_PAD] int64 candidates merges them exactly.
+Backward: from the N x k nonzeros only (saekit.triton.sparse_kernels).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from saekit.triton import MAX_K
+from saekit.triton.encode_kernel import folded_bias, select_keys
+from saekit.triton.keys import LOW_BASE, key_latents, key_scores
+from saekit.triton.sparse_kernels import gather_dot, gather_sum, scatter_rows
+
+
+def check_k(k: int, name: str = "k") -> None:
+    """The fused encoder keeps at most MAX_K keys per row (and per AuxK row)."""
+    if k > MAX_K:
+        raise ValueError(f"{name} must be at most {MAX_K} for the triton backend, got {k}; "
+                         "use backend='cuda', 'cpu' or 'reference' for larger values")
+
+
+def _merge_splits(keys: Tensor, k: int) -> Tensor:
+    """keys [N, S, K_PAD] (each split sorted descending) -> the k best per row [N, k]."""
+    N, S, K_PAD = keys.shape
+    if S == 1:
+        return keys[:, 0, :k]
+    return torch.topk(keys.view(N, S * K_PAD), k, dim=1).values
+
+
+def _inputs(*tensors):
+    return [t.contiguous() for t in tensors]
+
+
+@torch.library.custom_op("saekit_triton::topk_encode", mutates_args=())
+def _topk_encode_op(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, dead: Optional[Tensor], k_aux: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x, W_enc, b_enc, b_dec = _inputs(x, W_enc, b_enc, b_dec)
+    N, M = x.shape[0], W_enc.shape[0]
+    if M > LOW_BASE:
+        raise ValueError(f"the triton backend packs latent indices in 31 bits; M = {M} is too large")
+    aux = dead is not None and k_aux > 0
+    if aux and k_aux > int(dead.sum()):
+        raise ValueError(f"k_aux must lie in [0, dead.sum()] = [0, {int(dead.sum())}], got {k_aux}")
+    c = folded_bias(W_enc, b_enc, b_dec)
+    keys, aux_keys = select_keys(x, W_enc, c, k, dead=dead.contiguous() if aux else None, k_aux=k_aux)
+    top = _merge_splits(keys, k)
+    values = torch.relu(key_scores(top)).to(x.dtype)
+    if not aux:
+        return values, key_latents(top), x.new_empty(N, 0), x.new_empty(N, 0, dtype=torch.int64)
+    aux_top = _merge_splits(aux_keys, k_aux)
+    return values, key_latents(top), torch.relu(key_scores(aux_top)).to(x.dtype), key_latents(aux_top)
+
+
+@_topk_encode_op.register_fake
+def _(x, W_enc, b_enc, b_dec, k, dead, k_aux):
+    N = x.shape[0]
+    k_aux = k_aux if dead is not None else 0
+    return (x.new_empty(N, k), x.new_empty(N, k, dtype=torch.int64),
+            x.new_empty(N, k_aux), x.new_empty(N, k_aux, dtype=torch.int64))
+
+
+@torch.library.custom_op("saekit_triton::gradient_topk_encode", mutates_args=())
+def _gradient_topk_encode_op(
+    x: Tensor, g: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int, beta: float
+) -> tuple[Tensor, Tensor]:
+    # g is rounded to the weights' dtype so that h = g @ W_dec.T runs on tensor cores.
+    x, g, W_enc, b_enc, W_dec, b_dec = _inputs(x, g.to(W_dec.dtype), W_enc, b_enc, W_dec, b_dec)
+    if W_enc.shape[0] > LOW_BASE:
+        raise ValueError(f"the triton backend packs latent indices in 31 bits; M = {W_enc.shape[0]} is too large")
+    c = folded_bias(W_enc, b_enc, b_dec)
+    keys, _ = select_keys(x, W_enc, c, k, g=g, W_dec=W_dec, beta=beta)
+    indices = key_latents(_merge_splits(keys, k))
+    # The keys hold scores; the values are the plain activations at the selection.
+    values = torch.relu(gather_dot(x, indices, W_enc, c)).to(x.dtype)
+    return values, indices
+
+
+@_gradient_topk_encode_op.register_fake
+def _(x, g, W_enc, b_enc, W_dec, b_dec, k, beta):
+    N = x.shape[0]
+    return x.new_empty(N, k), x.new_empty(N, k, dtype=torch.int64)
+
+
+@torch.library.custom_op("saekit_triton::topk_encode_backward", mutates_args=())
+def _topk_encode_backward_op(
+    grad_values: Tensor, values: Tensor, indices: Tensor, x: Tensor, W_enc: Tensor, b_dec: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    values, indices, x, W_enc, b_dec = _inputs(values, indices, x, W_enc, b_dec)
+    M = W_enc.shape[0]
+    dpre = torch.where(values > 0, grad_values.float(), 0.0).contiguous()
+    dx = gather_sum(dpre, indices, W_enc, out_dtype=torch.float32)
+    dW_enc = scatter_rows(dpre, indices, x, M, sub=b_dec)
+    db_enc = torch.zeros(M, dtype=torch.float32, device=x.device).index_add_(0, indices.flatten(), dpre.flatten())
+    db_dec = -dx.sum(0)
+    return dx.to(x.dtype), dW_enc.to(W_enc.dtype), db_enc.to(W_enc.dtype), db_dec.to(b_dec.dtype)
+
+
+@_topk_encode_backward_op.register_fake
+def _(grad_values, values, indices, x, W_enc, b_dec):
+    return torch.empty_like(x), torch.empty_like(W_enc), W_enc.new_empty(W_enc.shape[0]), torch.empty_like(b_dec)
+
+
+def _encode_backward(grad_values, values, indices, x, W_enc, b_dec):
+    if grad_values is None:
+        grad_values = torch.zeros_like(values)
+    return torch.ops.saekit_triton.topk_encode_backward(grad_values, values, indices, x, W_enc, b_dec)
+
+
+def _topk_setup_context(ctx, inputs, output):
+    x, W_enc, b_enc, b_dec, k, dead, k_aux = inputs
+    values, indices, aux_values, aux_indices = output
+    ctx.save_for_backward(x, W_enc, b_dec, values, indices, aux_values, aux_indices)
+
+
+def _topk_backward(ctx, grad_values, grad_indices, grad_aux_values, grad_aux_indices):
+    x, W_enc, b_dec, values, indices, aux_values, aux_indices = ctx.saved_tensors
+    if grad_aux_values is not None and aux_values.shape[1] > 0:
+        if grad_values is None:
+            grad_values = torch.zeros_like(values)
+        grad_values = torch.cat([grad_values, grad_aux_values], 1)
+        values = torch.cat([values, aux_values], 1)
+        indices = torch.cat([indices, aux_indices], 1)
+    dx, dW_enc, db_enc, db_dec = _encode_backward(grad_values, values, indices, x, W_enc, b_dec)
+    return dx, dW_enc, db_enc, db_dec, None, None, None
+
+
+def _gradient_setup_context(ctx, inputs, output):
+    x, g, W_enc, b_enc, W_dec, b_dec, k, beta = inputs
+    values, indices = output
+    ctx.save_for_backward(x, W_enc, b_dec, values, indices)
+
+
+def _gradient_backward(ctx, grad_values, grad_indices):
+    x, W_enc, b_dec, values, indices = ctx.saved_tensors
+    dx, dW_enc, db_enc, db_dec = _encode_backward(grad_values, values, indices, x, W_enc, b_dec)
+    return dx, None, dW_enc, db_enc, None, db_dec, None, None
+
+
+_topk_encode_op.register_autograd(_topk_backward, setup_context=_topk_setup_context)
+_gradient_topk_encode_op.register_autograd(_gradient_backward, setup_context=_gradient_setup_context)
+
+
+def topk_encode(x, W_enc, b_enc, b_dec, k, dead, k_aux):
+    """SPEC section 1 on Triton (arguments already validated by saekit.ops).
+
+    x [N, d], W_enc [M, d], b_enc [M], b_dec [d], k <= MAX_K, dead [M] bool or None,
+    k_aux <= MAX_K (0 without dead) -> (values [N, k], indices [N, k] int64,
+    aux_values [N, k_aux], aux_indices [N, k_aux] int64). Differentiable in x, W_enc, b_enc,
+    b_dec through values and aux_values.
+
+    Memory: per program one [BLOCK_N, TILE] float32 score tile and [BLOCK_N, next_pow2(k)]
+    int64 keys (tiles of at most 256 latents); globally [N, splits, next_pow2(k)] int64
+    candidates. Never N x M.
+    """
+    check_k(k)
+    check_k(k_aux, "k_aux")
+    return torch.ops.saekit_triton.topk_encode(x, W_enc, b_enc, b_dec, k, dead, k_aux)
+
+
+def gradient_topk_encode(x, g, W_enc, b_enc, W_dec, b_dec, k, beta):
+    """SPEC section 2 on Triton with g already normalised (float32 or the dtype of x).
+
+    x [N, d], g [N, d], W_enc [M, d], b_enc [M], W_dec [M, d], b_dec [d], k <= MAX_K, beta
+    -> (values [N, k] = relu(pre) at the selection, indices [N, k] int64). Differentiable in
+    x, W_enc, b_enc, b_dec; g is rounded to the dtype of W_dec for the h product.
+
+    Memory: as topk_encode, with a second [BLOCK_N, TILE] float32 tile for h.
+    """
+    check_k(k)
+    return torch.ops.saekit_triton.gradient_topk_encode(x, g, W_enc, b_enc, W_dec, b_dec, k, float(beta))
