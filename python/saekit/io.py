@@ -130,6 +130,8 @@ def load_sae(path, *, device=None, dtype=None, backend: str = "auto"):
     if dtype is None:
         dtype = tensors["W_enc"].dtype
     sae = build_sae(cfg, device=device, dtype=dtype, backend=backend)
+    if isinstance(raw.get("extra"), dict):
+        sae.cfg.extra = dict(raw["extra"])  # free-form metadata (model, hook, ...), kept as saved
     with torch.no_grad():
         for name, t in tensors.items():
             target = sae.get_buffer(name) if name == "activation.threshold" else sae.get_parameter(name)
