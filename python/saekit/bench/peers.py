@@ -41,6 +41,11 @@ class SparsifyContender(Contender):
             self.sae.encoder.bias.copy_(w.b_enc)
             self.sae.W_dec.copy_(w.W_dec)
             self.sae.b_dec.copy_(w.b_dec)
+        # sparsify picks its Triton decoder at import time whenever Triton is installed, and it
+        # cannot run CPU tensors: on CPU use sparsify's own eager fallback (embedding_bag).
+        from sparsify.utils import decoder_impl, eager_decode
+
+        self.decoder_impl = decoder_impl if w.W_enc.is_cuda else eager_decode
 
     @torch.no_grad()
     def encode(self, x):
@@ -48,17 +53,15 @@ class SparsifyContender(Contender):
         return SparseCode(out.top_acts, out.top_indices)
 
     def decode(self, values, indices, grad_out):
-        from sparsify.utils import decoder_impl
-
         v, W, b = _leaf(values), _leaf(self.w.W_dec), _leaf(self.w.b_dec)
-        x_hat = decoder_impl(indices, v, W.mT) + b
+        x_hat = self.decoder_impl(indices, v, W.mT) + b
         x_hat.backward(grad_out)
         return x_hat, v.grad, W.grad, b.grad
 
     def train_step(self, x):
         self.sae.zero_grad(set_to_none=True)
         out = self.sae.encode(x)
-        x_hat = self.sae.decode(out.top_acts, out.top_indices)
+        x_hat = self.decoder_impl(out.top_indices, out.top_acts, self.sae.W_dec.mT) + self.sae.b_dec  # = sae.decode
         loss = (x_hat.float() - x.float()).pow(2).sum(-1).mean()
         grads = _grads(loss, {"W_enc": self.sae.encoder.weight, "b_enc": self.sae.encoder.bias,
                               "W_dec": self.sae.W_dec, "b_dec": self.sae.b_dec})
