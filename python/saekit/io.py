@@ -114,7 +114,8 @@ def config_from_dict(raw: dict, source) -> "SAEConfig":  # noqa: F821
 
 
 def load_sae(path, *, device=None, dtype=None, backend: str = "auto"):
-    """Load the SAE saved in directory ``path`` by save_sae.
+    """Load the SAE saved in directory ``path`` by save_sae (or, stitched into one module, the
+    per-shard checkpoint of saekit.distributed.save_sharded).
 
     Args:
         device, dtype: where and in which dtype to build it (default: CPU, the saved dtype).
@@ -125,6 +126,10 @@ def load_sae(path, *, device=None, dtype=None, backend: str = "auto"):
     """
     path = Path(path)
     raw = read_config(path)
+    if raw.get("format") == "saekit-sharded":  # per-shard files: stitched by saekit.distributed
+        from saekit.distributed.checkpoint import load_unsharded
+
+        return load_unsharded(path, device=device, dtype=dtype, backend=backend)
     cfg = config_from_dict(raw, path / CONFIG_FILE)
     tensors = read_tensors(path / WEIGHTS_FILE, _state_shapes(cfg))
     if dtype is None:
