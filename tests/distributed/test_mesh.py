@@ -79,3 +79,4 @@ def test_dead_latents_and_metrics_reduced_over_data_group(mesh2x2):
         torch.testing.assert_close(r["metrics"]["fvu"], mean_fvu.float(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(r["metrics"]["l0"], out.code.l0.mean(), rtol=1e-6, atol=0.0)
         torch.testing.assert_close(r["global_fvu"], full_fvu.float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r["x_mean"], t["x"].mean(0), rtol=1e-6, atol=1e-7)

@@ -92,6 +92,7 @@ def mesh(rank, world, out_dir):
         all_reduce_gradients,
         dead_latent_tracker,
         global_fvu,
+        mean_over_group,
         reduce_metrics,
         teardown_distributed,
     )
@@ -118,9 +119,11 @@ def mesh(rank, world, out_dir):
         with torch.no_grad():
             metrics = reduce_metrics({"fvu": fvu(x, out.x_hat), "l0": out.code.l0.mean()}, ctx.data_group)
             gfvu = global_fvu(x, out.x_hat, ctx.data_group)
+            x_mean = mean_over_group(x.mean(0), ctx.data_group)
         result = {"coords": (ctx.data_rank, ctx.latent_rank), "start": sae.start, "end": sae.end,
                   "train": history, "ddp_grads": {n: p.grad.clone() for n, p in ddp_sae.named_parameters()},
-                  "since": tracker.tokens_since_fired.clone(), "metrics": metrics, "global_fvu": gfvu}
+                  "since": tracker.tokens_since_fired.clone(), "metrics": metrics, "global_fvu": gfvu,
+                  "x_mean": x_mean}
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         teardown_distributed()

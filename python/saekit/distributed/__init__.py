@@ -31,6 +31,7 @@ from saekit.distributed.metrics import (
     all_reduce_gradients,
     dead_latent_tracker,
     global_fvu,
+    mean_over_group,
     reduce_metrics,
 )
 from saekit.distributed.sharded_sae import (
@@ -57,6 +58,7 @@ __all__ = [
     "load_optimizer_state",
     "load_sharded",
     "load_unsharded",
+    "mean_over_group",
     "read_manifest",
     "reduce_from_group",
     "reduce_metrics",

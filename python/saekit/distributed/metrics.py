@@ -37,6 +37,14 @@ def all_reduce_gradients(module: torch.nn.Module, group) -> None:
         offset += n
 
 
+def mean_over_group(t: torch.Tensor, group) -> torch.Tensor:
+    """The mean of ``t`` (any shape, same on every rank) over ``group``, as a new float32 tensor
+    (e.g. the b_dec initialisation from the mean of every data rank's first batch)."""
+    out = t.detach().float().clone()
+    all_reduce_(out, group, "all-reduce of a mean over the data group")
+    return out / group_size(group)
+
+
 def reduce_metrics(metrics: dict, group, *, op: str = "mean") -> dict:
     """{name: scalar tensor or float} -> the same names with the mean (or sum) over ``group``,
     as float32 CPU tensors, in one all-reduce. Every rank must pass the same names."""
