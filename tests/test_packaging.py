@@ -1,9 +1,12 @@
 """What the installed package says about its build, and the errors of environments it was not
 built for."""
 
+import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -66,6 +69,24 @@ def test_cpu_only_build_asked_for_cuda_says_so(monkeypatch):
         dispatch.choose("topk_encode", "cuda", torch.device("cuda"))
 
 
+def test_gpu_the_wheel_lacks_an_architecture_for_says_so(monkeypatch):
+    """backend="cuda" on a GPU whose architecture saekit._C has no cubin for: a clear error, and
+    "auto" falls through to the next backend rather than failing in a kernel launch."""
+    kernels = dispatch.KERNELS | {("topk_encode", "CUDA")}
+    monkeypatch.setattr(dispatch, "KERNELS", kernels)
+    monkeypatch.setattr(dispatch, "BUILD_INFO", dict(dispatch.BUILD_INFO, cuda_archs="80,90a"))
+    monkeypatch.setattr(dispatch, "_ARCH_REASONS", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
+    gpu = torch.device("cuda", 0)
+    reason = dispatch.supports("cuda", "topk_encode", gpu)
+    assert reason is not None and "sm_75" in reason and "sm_80, sm_90a" in reason
+    with pytest.raises(ValueError, match="backend='cuda' cannot run saekit.ops.topk_encode: .*sm_75"):
+        dispatch.choose("topk_encode", "cuda", gpu)
+    monkeypatch.setattr(dispatch, "_ARCH_REASONS", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    assert dispatch.supports("cuda", "topk_encode", gpu) is None
+
+
 def test_info_prints_versions_archs_and_backends():
     out = subprocess.run([sys.executable, "-m", "saekit.info"], capture_output=True, text=True, timeout=120,
                          check=True).stdout
@@ -74,3 +95,35 @@ def test_info_prints_versions_archs_and_backends():
     assert "built against torch" in out
     for op in ("topk_encode", "gradient_topk_encode", "sparse_decode"):
         assert f"{op} on cpu:" in out
+
+
+def test_installed_metadata_is_complete():
+    meta = importlib.metadata.metadata("saekit")
+    assert meta["Requires-Python"] == ">=3.10"
+    assert "Apache" in (meta.get("License") or meta.get("License-Expression") or "")
+    classifiers = meta.get_all("Classifier")
+    assert "License :: OSI Approved :: Apache Software License" in classifiers
+    assert any(c.startswith("Programming Language :: Python :: 3.") for c in classifiers)
+    requires = meta.get_all("Requires-Dist")
+    for name in ("torch", "numpy", "safetensors", "tqdm"):
+        spec = next(r for r in requires if r.split(">")[0].strip() == name)
+        assert ">=" in spec, f"{name} needs a lower bound: {spec}"
+    assert {"test", "triton", "peers"} <= set(meta.get_all("Provides-Extra"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("build") is None, reason="needs the build package (test extra)")
+def test_sdist_builds_offline_and_holds_the_sources(tmp_path):
+    """The sdist builds without a network (no isolation, nothing downloaded) and carries what a
+    source build needs: the C++/CUDA sources, CMakeLists.txt, the Python package with its Triton
+    kernels, and the licence."""
+    proc = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "-o", str(tmp_path), str(ROOT)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (sdist,) = tmp_path.glob("saekit-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    expected = {"CMakeLists.txt", "pyproject.toml", "LICENSE", "README.md", "python/saekit/__init__.py",
+                "python/saekit/triton/encode_kernel.py"}
+    assert expected <= names, expected - names
+    assert any(n.startswith("csrc/") and n.endswith(".cu") for n in names)
+    assert not any(n.startswith(("build/", "dist/", ".ci-venv/", "runs/")) for n in names)

@@ -3,6 +3,10 @@ rule of tests/ops/cases.py. Without a GPU the kernels run in Triton's interprete
 conftest.py), which executes programs one after another: shapes stay small, yet cover several
 latent tiles, latent splits, partial row blocks, k = M, N = 0 and every dtype."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -259,6 +263,19 @@ def test_dispatch_reasons(device, monkeypatch):
     assert "TRITON_INTERPRET=1" in dispatch.supports("triton", "topk_encode", cpu)
     monkeypatch.setattr(dispatch, "_TRITON_INSTALLED", False)
     assert "not installed" in dispatch.supports("triton", "topk_encode", torch.device("cuda"))
+
+
+@pytest.mark.skipif(not dispatch._TRITON_INTERPRETER_OK, reason="the interpreter path needs triton >= 3.8")
+def test_triton_imported_before_the_interpreter_was_asked_for_is_named():
+    """Triton imported (by another library) before TRITON_INTERPRET=1 keeps compiled library
+    functions that the interpreter cannot call: dispatch says so instead of failing in a kernel."""
+    code = ("import os, torch, triton.language; os.environ['TRITON_INTERPRET'] = '1'; "
+            "from saekit.ops import dispatch; "
+            "print(dispatch.supports('triton', 'topk_encode', torch.device('cpu'), torch.float32))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "triton was imported" in proc.stdout and "before TRITON_INTERPRET=1" in proc.stdout
 
 
 def test_k_and_k_aux_at_the_limit(device):

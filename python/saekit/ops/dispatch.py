@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from saekit._extension import KERNELS
+from saekit._extension import BUILD_INFO, KERNELS, cuda_arch_mismatch
 
 logger = logging.getLogger("saekit.dispatch")
 
@@ -69,7 +69,17 @@ def _triton_reason(op: str, device: torch.device, k: int | None = None) -> str |
     loaded = sys.modules.get("saekit.triton")
     if loaded is not None and not loaded.INTERPRETED:
         return "saekit.triton was imported before TRITON_INTERPRET=1 was set, so its kernels are compiled ones"
+    if _triton_library_compiled():
+        return ("triton was imported (by torch.compile or another library) before TRITON_INTERPRET=1 was "
+                "set, so its own library functions are compiled ones: set it before importing anything")
     return None
+
+
+def _triton_library_compiled() -> bool:
+    """Whether triton, already imported, defined its standard library for compilation rather than
+    for the interpreter (Triton fixes the mode of each @triton.jit function at definition)."""
+    jitted = getattr(sys.modules.get("triton.language.standard"), "_sum_combine", None)
+    return jitted is not None and type(jitted).__name__ != "InterpretedFunction"
 
 
 # (backend, op) -> dtypes that backend's kernel for that op rejects.
@@ -80,6 +90,18 @@ UNSUPPORTED_DTYPES = {
     ("triton", "gradient_topk_encode"): (torch.float64,),
     ("triton", "sparse_decode"): (torch.float64,),
 }
+
+
+# CUDA device index -> why saekit._C's cubins cannot run there (None: they can).
+_ARCH_REASONS: dict = {}
+
+
+def _cuda_arch_reason(device: torch.device) -> str | None:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _ARCH_REASONS:
+        capability = torch.cuda.get_device_capability(index)
+        _ARCH_REASONS[index] = cuda_arch_mismatch(capability, BUILD_INFO["cuda_archs"])
+    return _ARCH_REASONS[index]
 
 
 def supports(
@@ -102,7 +124,7 @@ def supports(
             return f"the cuda backend runs on CUDA tensors, got {device.type} tensors"
         if (op, "CUDA") not in KERNELS:
             return "saekit._C was built without CUDA kernels (rebuild with CUDA_HOME set)"
-        return None
+        return _cuda_arch_reason(device)
     if backend == "triton":
         return _triton_reason(op, device, k)
     raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
