@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs and builds saekit (scripts/install.sh), then runs the main job on its embedded
-# default: the CPU benchmark at N=4096, d=768, M=24576, k=32 (pass --quick for a small shape).
+# Builds and installs saekit (scripts/install.sh), then runs the main job on its embedded
+# default: `saekit train` with no model trains a TopK SAE and a g-SAE side by side on a toy model
+# of superposition, evaluates them and writes runs/toy/ (results.json, summary.png). Extra
+# arguments go to `saekit train` (e.g. --fast, or --model DIR --hook MODULE --data FILE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install.sh
-"${PYTHON:-python3}" benchmarks/bench_cpu.py "$@"
+"$PY" -m saekit train "$@"
