@@ -4,7 +4,8 @@
 side by side on a toy model of superposition, evaluated and plotted (under a minute on CPU).
 With ``--model`` (a Hugging Face name or local path) and ``--hook`` it trains on that model's
 activations instead. Every flag can also come from a TOML file (``--config``), whose keys are
-the flag names with underscores; flags on the command line win.
+the flag names with underscores; flags on the command line win. Under ``torchrun`` (WORLD_SIZE set)
+it trains on every rank: data parallel, and latent-sharded with ``--latent-parallel``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 EXIT_INTERRUPTED = 130
+EXIT_FAILED = 1
 
 TRAIN_EPILOG = """\
 examples:
@@ -21,6 +23,21 @@ examples:
   saekit train --fast                            # the same at a reduced size (seconds)
   saekit train --model gpt2 --hook transformer.h.6 --data corpus.txt --steps 5000
   saekit train --config run.toml --steps 200     # flags override the file
+
+  torchrun --nproc-per-node 4 -m saekit train --latent-parallel 2 --fast
+        # 4 processes: 2 data-parallel replicas, each SAE's latents sharded over 2 ranks
+        # (gloo on CPU; add --model ... for a language model: nccl on GPUs)
+  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+        -m saekit train --model gpt2 --hook transformer.h.6 --data corpus.txt --latent-parallel 8
+
+distributed (torchrun): ranks form a data x latent grid, latent = --latent-parallel ranks that
+share one SAE's latents (neighbours, i.e. one node), data = world / latent replicas that each
+read their own batches (--batch-size is per replica; global batch = data x batch size). One
+step equals a one-process step on the replicas' batches together. Rank 0 logs, shows progress
+and writes results; checkpoints and the final SAEs hold one file per latent shard (--out must
+be shared by all ranks) and load into any number of ranks or one process (saekit.io.load_sae);
+resuming works across layouts. A rank that fails or hangs makes the others stop with an error
+within --dist-timeout seconds (torchrun then ends the job) instead of hanging.
 
 Ctrl-C (or SIGTERM) writes a checkpoint and exits with status 130; running the same command
 again resumes from it exactly (--no-resume starts over). After a hard kill the run resumes
@@ -104,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-batches", type=int, default=None, help="held-out batches for the final evaluation")
     t.add_argument("--fast", action="store_true", default=None, help="toy model at a reduced size (seconds)")
     t.add_argument("--no-plot", action="store_true", default=None, help="skip the PNG plot")
+    dg = train.add_argument_group("distributed (under torchrun)")
+    dg.add_argument("--latent-parallel", type=int, default=None, metavar="L", help="ranks that shard each SAE's "
+                    "latents; data-parallel replicas = world size / L (default: 1, pure data parallelism)")
+    dg.add_argument("--dist-backend", default=None, choices=["nccl", "gloo"],
+                    help="torch.distributed backend (default: nccl with CUDA, gloo on CPU; the toy run uses gloo)")
+    dg.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS", help="a collective waiting "
+                    "longer for a failed or hung rank raises an error that ends the job (default: 600)")
 
     ev = sub.add_parser("eval", help="evaluate saved SAEs: FVU, L0, dead/dense latents, spliced CE and KL",
                         epilog=EVAL_EPILOG, formatter_class=fmt)
@@ -163,13 +187,14 @@ def _set_threads(n) -> None:
         torch.set_num_threads(int(n))
 
 
-def train_toy(args) -> int:
+def train_toy(args, ctx=None) -> int:
     import torch
 
     from saekit.eval.report import format_table
     from saekit.toy.experiment import ToyExperiment, default_train_config, run_toy
 
     _set_threads(args.threads or 1)
+    main = ctx is None or ctx.is_main
     exp = ToyExperiment.fast() if args.fast else ToyExperiment()
     for field_name in ("n_latents", "k", "k_aux", "beta", "batch_size", "seed"):
         if getattr(args, field_name) is not None:
@@ -178,13 +203,18 @@ def train_toy(args) -> int:
     _apply_train_flags(cfg, args)
     archs = _archs(args)
     out = Path(args.out or "runs/toy")
-    print(f"saekit train: toy model of superposition ({exp.toy.n_features} features in {exp.toy.n_hidden} "
-          f"dimensions), SAEs {', '.join(archs)} with M={exp.n_latents}, k={exp.k}; {cfg.steps} steps; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) -> {out}", flush=True)
+    if main:
+        where = "" if ctx is None else (f", {ctx.world} ranks ({ctx.layout.data} data x {ctx.layout.latent} latent, "
+                                        f"{exp.batch_size} rows per data rank)")
+        print(f"saekit train: toy model of superposition ({exp.toy.n_features} features in {exp.toy.n_hidden} "
+              f"dimensions), SAEs {', '.join(archs)} with M={exp.n_latents}, k={exp.k}; {cfg.steps} steps; "
+              f"torch {torch.__version__}, {torch.get_num_threads()} thread(s){where} -> {out}", flush=True)
     results = run_toy(out, exp, cfg, architectures=archs, resume=not args.no_resume,
-                      stream=None if not args.no_progress else sys.stderr)
+                      stream=None if not args.no_progress else sys.stderr, ctx=ctx)
     if results["interrupted"]:
-        return _interrupted(results["checkpoint"])
+        return _interrupted(results["checkpoint"]) if main else EXIT_INTERRUPTED
+    if not main:
+        return 0
     if results["resumed"]:
         print(f"(resumed from a checkpoint in {out / 'checkpoints'}; --no-resume starts over)")
     represented = next(iter(results["saes"].values()))["represented_features"]
@@ -239,15 +269,71 @@ def _apply_train_flags(cfg, args) -> None:
     cfg.__post_init__()
 
 
+def _distributed_context(args):
+    """The DistributedContext of a run under torchrun (WORLD_SIZE set), else None; ValueError for
+    distributed flags that cannot apply."""
+    import os
+
+    latent = 1 if args.latent_parallel is None else args.latent_parallel
+    if isinstance(latent, bool) or not isinstance(latent, int) or latent < 1:
+        raise ValueError(f"--latent-parallel must be a positive integer, got {latent!r}")
+    if "WORLD_SIZE" not in os.environ:
+        if latent > 1:
+            raise ValueError(f"--latent-parallel {latent} needs {latent} or more processes: launch with "
+                             f"torchrun --nproc-per-node N (N a multiple of {latent}) -m saekit train ...")
+        return None
+    from saekit.distributed.mesh import ParallelLayout, setup_distributed
+
+    world = int(os.environ["WORLD_SIZE"])
+    if world % latent:
+        raise ValueError(f"--latent-parallel {latent} must divide the number of processes {world}")
+    backend = args.dist_backend
+    if args.model is None:
+        if backend == "nccl":
+            raise ValueError("the toy run (no --model) trains on CPU: use --dist-backend gloo")
+        backend = "gloo"
+    timeout = 600.0 if args.dist_timeout is None else float(args.dist_timeout)
+    if not 0 < timeout < float("inf"):
+        raise ValueError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout!r}")
+    ctx = setup_distributed(ParallelLayout.for_world(world, latent), timeout_s=timeout, backend=backend)
+    if args.device is not None and args.model is not None and _device_type(args.device) != ctx.device.type:
+        raise ValueError(f"--device {args.device} does not fit the {ctx.backend} backend, whose ranks run on "
+                         f"{ctx.device.type} (choose --dist-backend {'gloo' if ctx.device.type == 'cuda' else 'nccl'}"
+                         " or leave --device out: each rank then takes its own device)")
+    return ctx
+
+
+def _device_type(device: str) -> str:
+    return device.split(":", 1)[0]
+
+
+def train_command(args) -> int:
+    """``saekit train``, in one process or (under torchrun) on every rank."""
+    ctx = _distributed_context(args)
+    if args.model is None:
+        code = train_toy(args, ctx)
+    else:
+        from saekit.training.lm import train_lm
+
+        code = train_lm(args, ctx)
+    if ctx is not None:
+        from saekit.distributed.mesh import teardown_distributed
+
+        teardown_distributed()
+    return code
+
+
+def _rank_prefix() -> str:
+    import os
+
+    return f"rank {os.environ['RANK']}: " if "RANK" in os.environ and "WORLD_SIZE" in os.environ else ""
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         if args.command == "train":
-            if args.model is None:
-                return train_toy(args)
-            from saekit.training.lm import train_lm
-
-            return train_lm(args)
+            return train_command(args)
         from saekit.eval.lm import eval_command
 
         return eval_command(args)
@@ -255,8 +341,15 @@ def main(argv=None) -> int:
         from saekit.training.checkpoint import CheckpointError
 
         hint = " (start over with --no-resume or another --out)" if isinstance(e, CheckpointError) else ""
-        print(f"saekit {args.command}: error: {e}{hint}", file=sys.stderr)
+        print(f"saekit {args.command}: {_rank_prefix()}error: {e}{hint}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from saekit.distributed.timeouts import CollectiveError
+
+        if not isinstance(e, CollectiveError):
+            raise
+        print(f"saekit {args.command}: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

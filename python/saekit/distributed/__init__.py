@@ -8,11 +8,16 @@ Typical use under ``torchrun --nproc-per-node 8 ...``::
     sae = build_sharded(cfg, group=ctx.latent_group, device=ctx.device)
     tracker = dead_latent_tracker(cfg.n_latents, 10_000_000, ctx, device=ctx.device)
     out = sae(x, dead=tracker.dead)           # x: this data rank's batch, same on its latent group
+    loss = data_parallel_fvu(x, out.x_hat, ctx.data_group)   # averaged gradients = global batch's
     loss.backward(); all_reduce_gradients(sae, ctx.data_group); optimizer.step()
     save_sharded(sae, path, optimizer=opt, data_group=ctx.data_group)
+
+saekit.training.Trainer(..., ctx=ctx) does all of this per step (with AuxK, dead latents, metrics,
+exact resume); ``torchrun ... -m saekit train --latent-parallel L`` runs it from the command line.
 """
 
 from saekit.distributed.checkpoint import (
+    load_into,
     load_optimizer_state,
     load_sharded,
     load_unsharded,
@@ -27,6 +32,7 @@ from saekit.distributed.mesh import (
     shard_bounds,
     teardown_distributed,
 )
+from saekit.distributed.losses import data_parallel_auxk, data_parallel_fvu
 from saekit.distributed.metrics import (
     all_reduce_gradients,
     dead_latent_tracker,
@@ -52,9 +58,12 @@ __all__ = [
     "build_sharded",
     "check_peers",
     "copy_to_group",
+    "data_parallel_auxk",
+    "data_parallel_fvu",
     "dead_latent_tracker",
     "gather_candidates",
     "global_fvu",
+    "load_into",
     "load_optimizer_state",
     "load_sharded",
     "load_unsharded",

@@ -86,7 +86,8 @@ def save_sharded(sae, path, *, optimizer=None, data_group=None, extra: dict | No
         optimizer: optional; its state is saved per shard next to the parameters.
         data_group: ranks holding copies of the same shard (ctx.data_group): only its first
             rank writes. None: every rank of sae.group writes its own shard.
-        extra: JSON-serialisable state to keep in the manifest (step, tokens, data position).
+        extra: JSON-serialisable state to keep in the manifest (step, tokens, data position),
+            merged over ``sae.cfg.extra`` (model, hook, ...: kept, as saekit.io.save_sae keeps it).
     Returns the path. Collective over the world when torch.distributed is running.
     """
     from safetensors.torch import save_file
@@ -116,7 +117,7 @@ def save_sharded(sae, path, *, optimizer=None, data_group=None, extra: dict | No
                 raise RuntimeError(f"{staging}: shard {r} was not written (is {staging.parent} shared by every node?)")
         cfg = {"format": FORMAT, **sae.cfg.to_dict(), "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
                "shards": shards, "optimizer": None if groups is None else {"param_groups": groups},
-               "extra": extra or {}}
+               "extra": {**sae.cfg.extra, **(extra or {})}}
         (staging / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
         old = path.parent / (path.name + ".old")
         if path.exists():
@@ -137,7 +138,7 @@ def read_manifest(path) -> dict:
     fmt = raw.get("format", PLAIN_FORMAT)
     if fmt == PLAIN_FORMAT:
         raw = {**raw, "shards": [{"file": WEIGHTS_FILE, "rank": 0, "start": 0, "end": cfg.n_latents}],
-               "optimizer": None, "extra": {}}
+               "optimizer": None, "extra": raw.get("extra") if isinstance(raw.get("extra"), dict) else {}}
     elif fmt != FORMAT:
         raise ValueError(f"{path / CONFIG_FILE}: unknown format {fmt!r} (expected {FORMAT!r} or {PLAIN_FORMAT!r})")
     shards = raw.get("shards")
@@ -200,6 +201,11 @@ def _load_parameters(module, path: Path, manifest: dict, start: int, end: int) -
             target.copy_(t)
 
 
+def _set_extra(sae, manifest: dict):
+    sae.cfg.extra = dict(manifest.get("extra") or {})
+    return sae
+
+
 def load_sharded(path, *, group=None, device=None, dtype=None, backend: str = "auto"):
     """This rank's ShardedTopKSAE / ShardedGradientTopKSAE from a sharded (any number of
     shards) or plain checkpoint, for the latent group ``group`` (any size up to M).
@@ -211,7 +217,23 @@ def load_sharded(path, *, group=None, device=None, dtype=None, backend: str = "a
         dtype = getattr(torch, manifest.get("dtype", "float32"))
     sae = build_sharded(cfg, group=group, backend=backend, device=device, dtype=dtype)
     _load_parameters(sae, path, manifest, sae.start, sae.end)
-    return sae
+    return _set_extra(sae, manifest)
+
+
+def load_into(sae, path) -> dict:
+    """Copy a checkpoint's parameters into an existing SAE of the same config, in place.
+
+    ``sae``: a sharded SAE (only its slice's rows are read, whatever the checkpoint's number
+    of shards) or a plain TopKSAE / GradientTopKSAE (every row). ``path``: a sharded or plain
+    checkpoint. Returns the manifest (read_manifest). ValueError when the configs differ.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    saved = manifest["config"]
+    if saved.to_dict() | {"extra": {}} != sae.cfg.to_dict() | {"extra": {}}:
+        raise ValueError(f"{path}: SAE config {saved.to_dict()} differs from this SAE's {sae.cfg.to_dict()}")
+    _load_parameters(sae, path, manifest, getattr(sae, "start", 0), getattr(sae, "end", saved.n_latents))
+    return manifest
 
 
 def load_unsharded(path, *, device=None, dtype=None, backend: str = "auto"):
@@ -223,7 +245,7 @@ def load_unsharded(path, *, device=None, dtype=None, backend: str = "auto"):
         dtype = getattr(torch, manifest.get("dtype", "float32"))
     sae = build_sae(cfg, device=device, dtype=dtype, backend=backend)
     _load_parameters(sae, path, manifest, 0, cfg.n_latents)
-    return sae
+    return _set_extra(sae, manifest)
 
 
 def load_optimizer_state(path, sae, optimizer) -> dict:

@@ -109,13 +109,15 @@ class ShardedTopKSAE(nn.Module):
 
     @classmethod
     def from_sae(cls, sae, *, group=None, backend: str | None = None) -> ShardedTopKSAE:
-        """This rank's slice of an unsharded TopKSAE / GradientTopKSAE (same dtype and device)."""
+        """This rank's slice of an unsharded TopKSAE / GradientTopKSAE (same dtype, device and
+        cfg.extra)."""
         cfg = sae.cfg
         if cfg.architecture != cls.architecture:
             raise ValueError(f"{cls.__name__} shards architecture {cls.architecture!r}, got {cfg.architecture!r}")
         out = cls(**_init_args(cfg), group=group, backend=backend or sae.backend, device=sae.W_enc.device,
                   dtype=sae.W_enc.dtype)
         out.load_full_state_dict(sae.state_dict())
+        out.cfg.extra = dict(cfg.extra)
         return out
 
     @torch.no_grad()

@@ -7,6 +7,9 @@
 3. Evaluate on held-out rows: FVU, L0, dead / dense latents, the toy loss with h replaced by
    the SAE's reconstruction (versus clean and zero-ablated h), and recovery of the true
    feature directions (mean over represented features of the best decoder-row cosine).
+
+Under torchrun (``ctx``) every rank trains the same toy model and starts from the same SAE
+weights, sharded over its latent group; rank 0 evaluates the SAEs the ranks saved together.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from pathlib import Path
 import torch
 
 from saekit.eval.metrics import ReconstructionMetrics, downstream_summary, mean_max_cosine
-from saekit.io import save_sae
+from saekit.distributed.checkpoint import save_sharded
+from saekit.io import load_sae, save_sae
 from saekit.nn import GradientTopKSAE, TopKSAE
 from saekit.toy.model import ToyConfig, save_toy_model, train_toy_model
 from saekit.toy.source import ToySource, toy_activations
+from saekit.training.parallel import shard_saes
 from saekit.training.trainer import TrainConfig, Trainer, TrainResult
 
 RUN_NAMES = ("topk", "gradient_topk")
@@ -97,23 +102,31 @@ def evaluate_toy(model, sae, exp: ToyExperiment) -> dict:
 
 
 def run_toy(out_dir, exp: ToyExperiment | None = None, train_cfg: TrainConfig | None = None, *,
-            architectures=RUN_NAMES, resume: bool = True, stream=None) -> dict:
+            architectures=RUN_NAMES, resume: bool = True, stream=None, ctx=None) -> dict:
     """Run the whole experiment into ``out_dir``; returns the results dict (also written to
     ``results.json``), with ``interrupted`` set if training was stopped by a signal.
 
     Files: toy_model/, <run>/ (final SAEs), checkpoints/, metrics.jsonl, results.json.
+    ``ctx``: a DistributedContext (every rank calls this together; exp.batch_size is then per
+    data rank and <run>/ holds one file per latent shard, read by saekit.io.load_sae). Ranks
+    other than 0 return the results without "saes" (rank 0 alone evaluates).
     """
     exp = exp or ToyExperiment()
     train_cfg = train_cfg or default_train_config()
     out_dir = Path(out_dir)
+    distributed = ctx is not None and ctx.backend is not None
+    main = not distributed or ctx.is_main
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = train_toy_model(exp.toy, steps=exp.toy_steps, batch_size=exp.batch_size, seed=exp.seed)
-    save_toy_model(model, out_dir / "toy_model")
+    if main:
+        save_toy_model(model, out_dir / "toy_model")
     saes = build_saes(exp, architectures)
+    if distributed:
+        saes = shard_saes(saes, ctx)
     source = ToySource(model, exp.batch_size, seed=exp.seed + 1,
-                       need_grad=any(isinstance(s, GradientTopKSAE) for s in saes.values()))
-    trainer = Trainer(saes, source, train_cfg, out_dir)
+                       need_grad=any(s.cfg.architecture == "gradient_topk" for s in saes.values()))
+    trainer = Trainer(saes, source, train_cfg, out_dir, ctx=ctx)
     resumed = trainer.resume() if resume else False
     result: TrainResult = trainer.train(stream=stream)
     results = {"experiment": exp.to_dict(), "train": train_cfg.to_dict(), "resumed": resumed,
@@ -122,7 +135,14 @@ def run_toy(out_dir, exp: ToyExperiment | None = None, train_cfg: TrainConfig | 
     if result.interrupted:
         return results
     for name, sae in saes.items():
-        save_sae(sae, out_dir / name)
+        if distributed:
+            save_sharded(sae, out_dir / name, data_group=ctx.data_group)
+        else:
+            save_sae(sae, out_dir / name)
+    if not main:
+        return results
+    if distributed:
+        saes = {name: load_sae(out_dir / name) for name in saes}
     results["saes"] = {name: evaluate_toy(model, sae, exp) for name, sae in saes.items()}
     results["seconds"] = time.perf_counter() - t0
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

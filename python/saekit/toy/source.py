@@ -57,6 +57,10 @@ class ToySource:
         batch = toy_activations(self.model, x, self.need_grad)
         return ActivationBatch(*(t.to(self.device) if t is not None else None for t in batch))
 
+    def skip_batch(self) -> None:
+        """Pass over one batch (another data-parallel rank's) without drawing it."""
+        self.position += 1
+
     def state_dict(self) -> dict:
         return {"kind": "toy", "seed": self.seed, "position": self.position}
 

@@ -153,6 +153,10 @@ class HookedActivationSource:
         x, grad = collect(self.model, self.module, ids, need_grad=self.need_grad)
         return ActivationBatch(x.float(), grad.float() if grad is not None else None)
 
+    def skip_batch(self) -> None:
+        """Pass over one batch of tokens (another data-parallel rank's) without running the model."""
+        self.tokens.next_batch()
+
     def state_dict(self) -> dict:
         return self.tokens.state_dict()
 

@@ -13,6 +13,9 @@ Layout of ``<out>/checkpoints/``::
 
 A checkpoint is built in ``.tmp-step-...`` and ``os.replace``d to its final name, then
 ``latest`` is replaced, so a crash or kill at any point leaves the previous checkpoint usable.
+A job under torch.distributed writes per-shard checkpoints instead (same directory names and
+``latest``; saekit.training.sharded_checkpoint); ``load_checkpoint`` reads either kind into
+plain or sharded SAEs.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from saekit.io import save_sae
 STATE_FILE = "state.json"
 LATEST_FILE = "latest"
 FORMAT = "saekit-checkpoint-1"
+SHARDED_FORMAT = "saekit-checkpoint-sharded-1"
 
 
 class CheckpointError(ValueError):
@@ -104,12 +108,8 @@ def save_checkpoint(root, step: int, runs: dict, state: dict, *, keep: int = 2) 
     from safetensors.torch import save_file
 
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
-    final, tmp = root / name, root / f".tmp-{name}"
-    for stale in root.glob(".tmp-step-*"):  # left by a run killed while writing
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir()
+    tmp = start_checkpoint(root, name)
     runs_json = {}
     for run_name, run in runs.items():
         run_dir = tmp / run_name
@@ -121,13 +121,46 @@ def save_checkpoint(root, step: int, runs: dict, state: dict, *, keep: int = 2) 
                   str(run_dir / "trainer.safetensors"))
         runs_json[run_name] = {"optimizer_scalars": scalars, "optimizer_groups": groups,
                                "dead_threshold_tokens": run.tracker.threshold_tokens}
+    save_file(rng_state(), str(tmp / "rng.safetensors"))
+    body = {"format": FORMAT, **state, "step": step, "runs": runs_json, "files": file_digests(tmp)}
+    (tmp / STATE_FILE).write_text(json.dumps(body, indent=1) + "\n")
+    return publish(root, tmp, name, keep)
+
+
+def start_checkpoint(root: Path, name: str) -> Path:
+    """The empty staging directory ``root/.tmp-<name>`` (stale ones, left by a run killed while
+    writing, are removed first)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f".tmp-{name}"
+    tmp.mkdir()
+    return tmp
+
+
+def rng_state() -> dict:
+    """This process's torch generator states: {"cpu": ..., "cuda": ... (when initialised)}."""
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, str(tmp / "rng.safetensors"))
-    files = {str(f.relative_to(tmp)): _sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
-    body = {"format": FORMAT, **state, "step": step, "runs": runs_json, "files": files}
-    (tmp / STATE_FILE).write_text(json.dumps(body, indent=1) + "\n")
+    return rng
+
+
+def restore_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+
+
+def file_digests(directory: Path) -> dict:
+    """{path relative to ``directory``: sha256} of every file under it."""
+    return {str(f.relative_to(directory)): _sha256(f) for f in sorted(directory.rglob("*")) if f.is_file()}
+
+
+def publish(root: Path, tmp: Path, name: str, keep: int) -> Path:
+    """Rename the finished checkpoint ``tmp`` to ``root/name``, point ``latest`` at it and
+    remove older checkpoints beyond the newest ``keep``; returns the final path."""
+    final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     latest_tmp = root / f".{LATEST_FILE}.tmp"
@@ -163,8 +196,8 @@ def read_checkpoint_state(path) -> dict:
         state = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file}: corrupt ({e})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: not a {FORMAT} state file")
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, SHARDED_FORMAT):
+        raise CheckpointError(f"{file}: not a {FORMAT} or {SHARDED_FORMAT} state file")
     for rel, digest in state.get("files", {}).items():
         f = path / rel
         if not f.is_file():
@@ -174,10 +207,12 @@ def read_checkpoint_state(path) -> dict:
     return state
 
 
-def load_checkpoint(path, runs: dict) -> dict:
+def load_checkpoint(path, runs: dict, *, rank: int = 0) -> dict:
     """Restore ``runs`` ({name: TrainRun}) in place from checkpoint ``path``; returns its state.
 
-    The SAE weights, Adam state, dead-latent counters and RNG states are restored exactly.
+    The SAE weights, Adam state, dead-latent counters and RNG states (``rank``'s, for a
+    per-shard checkpoint) are restored exactly. A per-shard checkpoint, or sharded SAEs in
+    ``runs``, go through saekit.training.sharded_checkpoint, which reshards.
     Raises CheckpointError for a corrupt checkpoint or one written for other runs or shapes.
     """
     from saekit.io import CONFIG_FILE, WEIGHTS_FILE, _state_shapes, config_from_dict, read_config, read_tensors
@@ -186,6 +221,11 @@ def load_checkpoint(path, runs: dict) -> dict:
     state = read_checkpoint_state(path)
     if set(state["runs"]) != set(runs):
         raise CheckpointError(f"{path}: holds runs {sorted(state['runs'])}, this trainer has {sorted(runs)}")
+    if state["format"] == SHARDED_FORMAT or any(hasattr(run.sae, "shard_world") for run in runs.values()):
+        from saekit.training.sharded_checkpoint import load_runs
+
+        load_runs(path, state, runs, rank=rank)
+        return state
     for run_name, run in runs.items():
         run_dir = path / run_name
         saved = config_from_dict(read_config(run_dir), run_dir / CONFIG_FILE)
@@ -210,10 +250,7 @@ def load_checkpoint(path, runs: dict) -> dict:
         names = {id(p): n for n, p in run.sae.named_parameters()}
         _restore_optimizer(run.optimizer, names, opt_tensors, info["optimizer_scalars"],
                            info["optimizer_groups"], run_dir)
-    rng = _read_plain(path / "rng.safetensors")
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
+    restore_rng(_read_plain(path / "rng.safetensors"))
     return state
 
 

@@ -109,3 +109,16 @@ class Progress:
     def close(self) -> None:
         if self._tqdm is not None:
             self._tqdm.close()
+
+
+class Silent:
+    """Stands in for MetricsLog and Progress on the ranks that do not write (all but rank 0)."""
+
+    def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def update(self, steps: int, tokens: int, metrics: dict | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -6,6 +6,8 @@ Any object with this interface can feed ``saekit.training.Trainer``:
 - ``next_batch() -> ActivationBatch``: the next batch, x [N, d] and grad [N, d] or None.
 - ``state_dict() -> dict`` / ``load_state_dict(dict)``: the stream position as plain JSON
   values, so that a resumed run reads exactly the batches an uninterrupted run would.
+- optionally ``skip_batch()``: advance past one batch without computing it (data-parallel
+  ranks pass over the other ranks' batches with it; see saekit.training.parallel).
 
 ``saekit.training.activations.HookedActivationSource`` (any torch module, Hugging Face causal
 LMs first) and ``saekit.toy.source.ToySource`` (the toy model of superposition) implement it.

@@ -4,10 +4,18 @@ by side on the same tokens), with everything needed to stop and resume exactly.
 Per optimizer step, for each SAE: ``grad_accum`` micro-batches of FVU + auxk_coef * AuxK loss
 (Gao et al. 2024) under autocast, then decoder-gradient projection, Adam (fused where the
 device supports it), decoder renormalisation; the learning rate follows saekit.training.schedule.
+
+Under torch.distributed (``ctx``, a saekit.distributed.DistributedContext) the same steps run
+on a data x latent layout of ranks: latent-sharded SAEs, each data rank on its own batches
+(saekit.training.parallel), losses whose averaged gradients are the global batch's
+(saekit.distributed.losses), gradients averaged over the data group, dead-latent counts and
+logged metrics reduced over it, per-shard checkpoints, output on rank 0 only, and a watchdog.
+A step on D data ranks then equals a one-process step on the D batches concatenated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
@@ -16,10 +24,15 @@ from pathlib import Path
 
 import torch
 
-from saekit.nn import DeadLatentTracker, GradientTopKSAE, fvu
+from saekit.nn import DeadLatentTracker, fvu
 from saekit.training import checkpoint as ckpt
-from saekit.training.monitor import MetricsLog, Progress
+from saekit.training.monitor import MetricsLog, Progress, Silent
+from saekit.training.parallel import DataParallelSource, any_rank, is_sharded
 from saekit.training.schedule import DECAYS, lr_at
+
+# A rank stuck outside any collective is ended after this many times the collective timeout
+# (its peers, waiting in a collective, fail first, after one timeout).
+WATCHDOG_FACTOR = 2.0
 
 
 @dataclass
@@ -127,17 +140,33 @@ class _StopRequest:
 class Trainer:
     """Train the SAEs of ``saes`` ({name: TopKSAE or GradientTopKSAE}) on ``source``.
 
-    Every SAE sees the same batches; g-SAEs get the batch's gradients, TopK SAEs ignore them.
-    ``out_dir`` receives ``metrics.jsonl`` and ``checkpoints/``. Call ``resume()`` to continue
-    from the newest checkpoint there, then ``train()``.
+    Every SAE sees the same batches; g-SAEs (``cfg.architecture == "gradient_topk"``) get the
+    batch's gradients, TopK SAEs ignore them. ``out_dir`` receives ``metrics.jsonl`` and
+    ``checkpoints/``. Call ``resume()`` to continue from the newest checkpoint there, then
+    ``train()``.
+
+    ``ctx``: a DistributedContext with a running process group (saekit.distributed.
+    setup_distributed under torchrun); every rank then builds its Trainer with this rank's
+    sharded SAEs (saekit.training.parallel.shard_saes) and the whole ``source`` (its data rank's
+    share is read), and calls every method together. None (or a one-process context): one process.
     """
 
-    def __init__(self, saes: dict, source, cfg: TrainConfig, out_dir):
+    def __init__(self, saes: dict, source, cfg: TrainConfig, out_dir, *, ctx=None):
         if not saes:
             raise ValueError("Trainer needs at least one SAE")
         for name, sae in saes.items():
             if sae.d_in != source.d_in:
                 raise ValueError(f"SAE {name!r} has d_in = {sae.d_in} but the activations have d = {source.d_in}")
+        self.ctx = ctx if ctx is not None and ctx.backend is not None else None
+        group = None
+        if self.ctx is not None:
+            unsharded = [name for name, sae in saes.items() if not is_sharded(sae)]
+            if unsharded:
+                raise ValueError(f"SAE {unsharded[0]!r} is not sharded: under torch.distributed the trainer needs "
+                                 "this rank's sharded SAEs (saekit.training.parallel.shard_saes)")
+            group = self.ctx.data_group
+            if self.ctx.layout.data > 1:
+                source = DataParallelSource(source, self.ctx.data_rank, self.ctx.layout.data)
         self.cfg = cfg
         self.source = source
         self.out_dir = Path(out_dir)
@@ -147,11 +176,20 @@ class Trainer:
         for name, sae in saes.items():
             device = sae.W_enc.device
             lr = cfg.lr if cfg.lr is not None else default_lr(sae.n_latents)
-            self.runs[name] = TrainRun(sae, make_adam(sae.parameters(), lr, cfg, device),
-                                       DeadLatentTracker(sae.n_latents, cfg.dead_threshold_tokens, device=device),
-                                       lr)
+            tracker = DeadLatentTracker(sae.n_latents, cfg.dead_threshold_tokens, process_group=group, device=device)
+            self.runs[name] = TrainRun(sae, make_adam(sae.parameters(), lr, cfg, device), tracker, lr)
         self.device = next(iter(saes.values())).W_enc.device
         self._resumed_from = None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes logs, progress and results (rank 0, or the only one)."""
+        return self.ctx is None or self.ctx.is_main
+
+    @property
+    def data_world(self) -> int:
+        """Data-parallel ranks: each step trains on this many batches per micro-batch."""
+        return 1 if self.ctx is None else self.ctx.layout.data
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -162,7 +200,7 @@ class Trainer:
         path = Path(path) if path is not None else ckpt.latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return False
-        state = ckpt.load_checkpoint(path, self.runs)
+        state = ckpt.load_checkpoint(path, self.runs, rank=0 if self.ctx is None else self.ctx.rank)
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
         self.source.load_state_dict(state["data"])
         self._resumed_from = path
@@ -170,7 +208,13 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         state = {"tokens": self.tokens, "data": self.source.state_dict(), "train_config": self.cfg.to_dict()}
-        return ckpt.save_checkpoint(self.checkpoint_dir, self.step, self.runs, state, keep=self.cfg.keep_checkpoints)
+        if self.ctx is None:
+            return ckpt.save_checkpoint(self.checkpoint_dir, self.step, self.runs, state,
+                                        keep=self.cfg.keep_checkpoints)
+        from saekit.training.sharded_checkpoint import save_sharded_checkpoint
+
+        return save_sharded_checkpoint(self.checkpoint_dir, self.step, self.runs, state, self.ctx,
+                                       keep=self.cfg.keep_checkpoints)
 
     def _autocast(self):
         mode = self.cfg.autocast
@@ -179,8 +223,40 @@ class Trainer:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
         return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
+    def _mean_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """[d] mean of this step's first batch (of every data rank's first batch)."""
+        if self.ctx is None:
+            return x.float().mean(0)
+        from saekit.distributed.metrics import mean_over_group
+
+        return mean_over_group(x.float().mean(0), self.ctx.data_group)
+
+    def _losses(self, sae, x, out, with_aux: bool):
+        """(FVU, AuxK) of this batch; under torch.distributed this rank's shares of the global
+        batch's (their means over the data group are the global values)."""
+        if self.ctx is None:
+            recon = fvu(x, out.x_hat)
+            return recon, sae.auxk_loss(x, out) if with_aux else recon.new_zeros(())
+        from saekit.distributed.losses import data_parallel_auxk, data_parallel_fvu
+
+        group = self.ctx.data_group
+        recon = data_parallel_fvu(x, out.x_hat, group)
+        if not with_aux:
+            return recon, recon.new_zeros(())
+        return recon, data_parallel_auxk(x - out.x_hat, sae.decode_without_bias(out.aux), group)
+
+    def _count_firing(self, tracker, code) -> None:
+        if self.ctx is None:
+            tracker.update(code.indices, code.values)
+            return
+        from saekit.distributed.timeouts import guard
+
+        with guard("all-reduce of dead-latent statistics", self.ctx.data_group):
+            tracker.update(code.indices, code.values)
+
     def train_step(self) -> dict:
-        """One optimizer step for every SAE; returns its metrics as float32 tensors."""
+        """One optimizer step for every SAE; returns its metrics as float32 tensors (this rank's
+        shares under torch.distributed: ``reduce_metrics`` gives the global values)."""
         cfg = self.cfg
         sums = {}
         dead = {name: run.tracker.dead for name, run in self.runs.items()}
@@ -188,24 +264,24 @@ class Trainer:
             x, grad = self.source.next_batch()
             x = x.to(self.device)
             grad = grad.to(self.device) if grad is not None else None
-            self.tokens += x.shape[0]
+            self.tokens += x.shape[0] * self.data_world
             if self.step == 0 and micro == 0 and cfg.init_b_dec == "mean":
                 with torch.no_grad():
+                    mean = self._mean_activation(x)
                     for run in self.runs.values():
-                        run.sae.b_dec.copy_(x.float().mean(0))
+                        run.sae.b_dec.copy_(mean)
             for name, run in self.runs.items():
                 sae = run.sae
                 mask = dead[name] if bool(dead[name].any()) else None
                 with self._autocast():
-                    if isinstance(sae, GradientTopKSAE):
+                    if sae.cfg.architecture == "gradient_topk":
                         out = sae(x, grad, dead=mask)
                     else:
                         out = sae(x, dead=mask)
-                    recon = fvu(x, out.x_hat)
-                    aux = sae.auxk_loss(x, out) if mask is not None else recon.new_zeros(())
+                    recon, aux = self._losses(sae, x, out, mask is not None)
                     loss = recon + cfg.auxk_coef * aux
                 (loss / cfg.grad_accum).backward()
-                run.tracker.update(out.code.indices, out.code.values)
+                self._count_firing(run.tracker, out.code)
                 for key, value in (("loss", loss), ("fvu", recon), ("auxk", aux), ("l0", out.code.l0.mean())):
                     sums[f"{name}/{key}"] = sums.get(f"{name}/{key}", 0.0) + value.detach().float() / cfg.grad_accum
         for name, run in self.runs.items():
@@ -213,6 +289,10 @@ class Trainer:
                        decay=cfg.decay, decay_start=cfg.decay_start, min_lr_frac=cfg.min_lr_frac)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
+            if self.ctx is not None:
+                from saekit.distributed.metrics import all_reduce_gradients
+
+                all_reduce_gradients(run.sae, self.ctx.data_group)
             run.sae.remove_parallel_gradient_()
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
@@ -222,33 +302,60 @@ class Trainer:
         self.step += 1
         return sums
 
+    def reduce_metrics(self, metrics: dict) -> dict:
+        """train_step's metrics -> the global batch's (a collective under torch.distributed)."""
+        if self.ctx is None:
+            return metrics
+        from saekit.distributed.metrics import reduce_metrics
+
+        return reduce_metrics(metrics, self.ctx.data_group)
+
+    def _stop_requested(self, stop: _StopRequest) -> bool:
+        """Whether to stop now: this process got a signal, or (distributed) any rank did."""
+        if self.ctx is None:
+            return stop.requested is not None
+        return any_rank(stop.requested is not None, self.ctx, self.device)
+
+    def _watchdog(self):
+        if self.ctx is None:
+            return contextlib.nullcontext()
+        from saekit.distributed.timeouts import Watchdog
+
+        return Watchdog(WATCHDOG_FACTOR * self.ctx.timeout_s, name="training step")
+
     def train(self, *, stream=None) -> TrainResult:
         """Run until ``cfg.steps``; on SIGINT / SIGTERM write a checkpoint and return early
         (``interrupted=True``). A checkpoint is always written at the end."""
         cfg = self.cfg
-        log = MetricsLog(self.out_dir, loggers=cfg.loggers, config=cfg.to_dict(),
-                         resume_step=self.step if self._resumed_from is not None else None)
-        progress = Progress(cfg.steps, self.step, desc="train", bar=cfg.progress, stream=stream)
-        last, path, stopped = {}, None, None
+        if self.is_main:
+            log = MetricsLog(self.out_dir, loggers=cfg.loggers, config=cfg.to_dict(),
+                             resume_step=self.step if self._resumed_from is not None else None)
+            progress = Progress(cfg.steps, self.step, desc="train", bar=cfg.progress, stream=stream)
+        else:
+            log = progress = Silent()
+        last, path = {}, None
         try:
-            with _StopRequest() as stop:
-                while self.step < cfg.steps and stop.requested is None:
-                    tokens_before = self.tokens
-                    metrics = self.train_step()
-                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                        last = {k: float(v) for k, v in metrics.items()}
-                        last["tokens"] = self.tokens
-                        log.log(self.step, last)
-                        shown = {k.replace("gradient_topk", "g").replace("/", " "): v for k, v in last.items()
-                                 if k.endswith(("/fvu", "/l0", "/dead"))}
-                        progress.update(1, self.tokens - tokens_before, shown)
-                    else:
-                        progress.update(1, self.tokens - tokens_before)
-                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
-                        path = self.save_checkpoint()
-                stopped = stop.requested
-            path = self.save_checkpoint()
+            with self._watchdog() as watchdog:
+                with _StopRequest() as stop:
+                    while self.step < cfg.steps and not self._stop_requested(stop):
+                        tokens_before = self.tokens
+                        metrics = self.train_step()
+                        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                            last = {k: float(v) for k, v in self.reduce_metrics(metrics).items()}
+                            last["tokens"] = self.tokens
+                            log.log(self.step, last)
+                            shown = {k.replace("gradient_topk", "g").replace("/", " "): v for k, v in last.items()
+                                     if k.endswith(("/fvu", "/l0", "/dead"))}
+                            progress.update(1, self.tokens - tokens_before, shown)
+                        else:
+                            progress.update(1, self.tokens - tokens_before)
+                        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                            path = self.save_checkpoint()
+                        if watchdog is not None:
+                            watchdog.beat()
+                    stopped = self._stop_requested(stop)
+                path = self.save_checkpoint()
         finally:
             progress.close()
             log.close()
-        return TrainResult(self.step, self.tokens, stopped is not None, path, last)
+        return TrainResult(self.step, self.tokens, stopped, path, last)

@@ -1,0 +1,55 @@
+"""Losses whose data-parallel gradient is the gradient of the whole global batch's loss.
+
+The FVU divides by the batch's total variance, so the mean of D per-rank FVUs is not the FVU of
+the D batches together. :func:`data_parallel_fvu` divides this rank's squared error by the
+*global* total variance (a constant: it does not depend on the SAE), so averaging its gradients
+over the data group (``all_reduce_gradients``) gives exactly the gradient of the global FVU,
+and data-parallel training on D batches of N rows equals one process on their concatenation.
+AuxK is an FVU of the residual and splits the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saekit.distributed.comm import all_reduce_, group_size
+from saekit.nn._casting import flatten_rows
+from saekit.nn.metrics import fvu
+
+
+def global_total_variance(x: torch.Tensor, group) -> torch.Tensor:
+    """sum ||x - mean(x)||^2 over every row of every rank of ``group``, the mean taken over all
+    of them; x [..., d] this rank's rows. One all-reduce of 2 d + 1 float64 numbers; returns a
+    float64 scalar, identical on every rank, without gradient."""
+    with torch.no_grad():
+        x2 = flatten_rows(x).double()
+        stats = torch.cat([x2.sum(0), x2.pow(2).sum(0), x2.new_tensor([x2.shape[0]])])
+        all_reduce_(stats, group, "all-reduce of variance statistics")
+        d = x2.shape[1]
+        s1, s2, n = stats[:d], stats[d:2 * d], stats[2 * d]
+        return (s2 - s1.pow(2) / n.clamp_min(1)).sum().clamp_min(0.0)
+
+
+def data_parallel_fvu(x: torch.Tensor, x_hat: torch.Tensor, group) -> torch.Tensor:
+    """This rank's share of the FVU of the global batch (the rows of every rank of ``group``).
+
+    x [..., d] (a constant), x_hat [..., d] (differentiable): this rank's rows. Returns the float32
+    scalar D * sum ||x - x_hat||^2 / T, with T the global total variance (global_total_variance)
+    and D the group's size. Its mean over the group, and the mean of its gradients, are the
+    global batch's FVU and its gradient. With one rank it is exactly ``saekit.nn.fvu``.
+    """
+    world = group_size(group)
+    if world == 1:
+        return fvu(x, x_hat)
+    err = (flatten_rows(x).float() - flatten_rows(x_hat, "x_hat").float()).pow(2).sum()
+    total = global_total_variance(x, group).clamp_min(torch.finfo(torch.float32).tiny)
+    return err * (world / total).float()
+
+
+def data_parallel_auxk(residual: torch.Tensor, aux_reconstruction: torch.Tensor, group) -> torch.Tensor:
+    """This rank's share of the global batch's AuxK loss (before its coefficient): the
+    data_parallel_fvu of predicting the residual [..., d] (treated as a constant) by the decode of
+    the dead latents [..., d]. With one rank it equals ``saekit.nn.metrics.auxk_loss``."""
+    if residual.numel() == 0:
+        return residual.new_zeros(())
+    return data_parallel_fvu(residual.detach(), aux_reconstruction, group)
