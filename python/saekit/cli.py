@@ -1,4 +1,4 @@
-"""``saekit`` command line: ``saekit train`` and ``saekit eval``.
+"""``saekit`` command line: ``saekit train``, ``saekit eval`` and ``saekit bench``.
 
 ``saekit train`` with no ``--model`` runs the embedded default: a TopK SAE and a g-SAE trained
 side by side on a toy model of superposition, evaluated and plotted (under a minute on CPU).
@@ -86,7 +86,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saekit", description="Train and evaluate TopK and gradient-TopK "
                                      "sparse autoencoders.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench}")
     sub.required = True
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eval-batches", type=int, default=None, help="batches to evaluate (default: 20; toy: 16 "
                     "batches of --batch-size rows, default 1024)")
     ev.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
+
+    # Listed here for --help; its arguments are parsed by saekit.bench.run (see main).
+    sub.add_parser("bench", add_help=False, help="time saekit against dense torch, sparsify and SAELens "
+                   "(saekit bench --help)")
     return parser
 
 
@@ -330,6 +334,11 @@ def _rank_prefix() -> str:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from saekit.bench.run import main as bench_main
+
+        return bench_main(argv[1:])
     args = parse_args(argv)
     try:
         if args.command == "train":

@@ -1,4 +1,4 @@
-"""``saekit bench --quick`` runs end to end on the CPU and writes a well-formed report in which
+"""``saekit bench --quick`` (the CLI subcommand) runs end to end on the CPU and writes a well-formed report in which
 every contender was checked for agreement before it was timed (timings are never asserted)."""
 
 import importlib.util
@@ -14,7 +14,7 @@ PEERS = {"sparsify": "sparsify", "sae-lens": "sae_lens"}
 
 def test_quick_report_structure_and_agreement(tmp_path):
     env = dict(os.environ, SAEKIT_RESULTS_DIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "saekit.bench", "--quick", "--repeats", "1", "--sets", "2"],
+    proc = subprocess.run([sys.executable, "-m", "saekit", "bench", "--quick", "--repeats", "1", "--sets", "2"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "bench_quick_cpu.json").read_text())
