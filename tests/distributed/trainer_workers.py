@@ -9,7 +9,6 @@ second batch on.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 
@@ -19,6 +18,8 @@ from saekit.nn import GradientTopKSAE, TopKSAE
 from saekit.toy import ToyConfig, ToySource, train_toy_model
 from saekit.training import TrainConfig, Trainer
 from saekit.training.source import ActivationBatch
+
+from tests.training.signalling_source import SignallingSource
 
 TOY = ToyConfig(n_features=16, n_hidden=6, feature_prob=0.1)
 ROWS = 32  # per data rank and batch
@@ -97,19 +98,6 @@ def snapshot(trainer) -> dict:
                 out[f"{name}.{pname}.{key}"] = torch.as_tensor(state[key]).clone()
         out[f"{name}.since"] = run.tracker.tokens_since_fired.clone()
     return out
-
-
-class SignallingSource(ToySource):
-    """Sends this process SIGINT while reading batch ``at`` (as a Ctrl-C reaching one rank)."""
-
-    def __init__(self, *args, at, **kw):
-        super().__init__(*args, **kw)
-        self.at = at
-
-    def next_batch(self):
-        if self.position == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return super().next_batch()
 
 
 def mesh_training(rank, world, out_dir):

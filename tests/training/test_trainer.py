@@ -1,6 +1,3 @@
-import os
-import signal
-
 import pytest
 import torch
 
@@ -8,6 +5,8 @@ from saekit.nn import GradientTopKSAE, TopKSAE
 from saekit.toy import ToyConfig, ToySource, train_toy_model
 from saekit.training import CheckpointError, TrainConfig, Trainer, latest_checkpoint
 from saekit.training.monitor import read_metrics
+
+from tests.training.signalling_source import SignallingSource
 
 TOY = ToyConfig(n_features=16, n_hidden=6, feature_prob=0.1)
 
@@ -70,19 +69,6 @@ def test_resume_is_exact(toy_model, tmp_path, accum):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert resumed.tokens == full.tokens
-
-
-class SignallingSource(ToySource):
-    """Sends this process SIGINT while reading batch ``at``, as a Ctrl-C would."""
-
-    def __init__(self, *args, at, **kw):
-        super().__init__(*args, **kw)
-        self.at = at
-
-    def next_batch(self):
-        if self.position == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return super().next_batch()
 
 
 def test_interrupt_writes_a_checkpoint_and_resume_loses_nothing(toy_model, tmp_path):
