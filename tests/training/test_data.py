@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from saekit.training.data import TextDocuments, TokenStream
 
@@ -61,3 +62,27 @@ def test_bad_inputs(tmp_path):
         stream(f, seq_len=4, batch_size=1).next_batch()
     with pytest.raises(ValueError, match="another stream"):
         stream(f, seq_len=4, batch_size=1).load_state_dict({"kind": "text", "seq_len": 8, "batch_size": 1})
+
+
+def test_datasets_source_gives_the_same_stream_as_the_files(tmp_path, monkeypatch):
+    """``hf:NAME`` goes through ``datasets.load_dataset``, here on a local directory (no network),
+    and yields the same documents, batches and resume positions as reading the files directly."""
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "corpus"
+    data.mkdir()
+    docs = [f"document {i} " + "x" * (i % 4) for i in range(9)] + ["   "]
+    (data / "part.jsonl").write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    hf = TextDocuments(f"hf:{data}:train")
+    assert list(hf.iterate(3)) == list(TextDocuments(str(data)).iterate(3)) == docs[3:9]
+    s = TokenStream(hf, CharTokenizer(), seq_len=6, batch_size=2)
+    f = stream(data, seq_len=6, batch_size=2)
+    for _ in range(3):
+        assert torch.equal(s.next_batch(), f.next_batch())
+    state = s.state_dict()
+    assert {k: v for k, v in state.items() if k != "spec"} == {k: v for k, v in f.state_dict().items() if k != "spec"}
+    resumed = TokenStream(TextDocuments(f"hf:{data}:train"), CharTokenizer(), seq_len=6, batch_size=2)
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.next_batch(), s.next_batch())
+    with pytest.raises(ValueError, match="no column 'body'"):
+        TextDocuments(f"hf:{data}", text_field="body")
