@@ -72,6 +72,18 @@ def test_auto_picks_cpu_kernels_and_logs_once(caplog):
     assert dispatch.choose("sparse_decode", "auto", torch.device("cpu")) == "cpu"
 
 
+def test_auto_falling_back_to_the_dense_reference_warns_with_the_reason(caplog, monkeypatch):
+    from saekit.ops import dispatch
+
+    monkeypatch.setattr(dispatch, "_logged", set())
+    monkeypatch.setattr(dispatch, "KERNELS", frozenset(k for k in dispatch.KERNELS if k[1] != "CPU"))
+    with caplog.at_level("DEBUG", logger="saekit.dispatch"):
+        assert dispatch.choose("topk_encode", "auto", torch.device("cpu")) == "reference"
+    (record,) = [r for r in caplog.records if r.name == "saekit.dispatch"]
+    assert record.levelname == "WARNING"
+    assert "backend 'reference'" in record.getMessage() and "no CPU kernel" in record.getMessage()
+
+
 def test_compiles_without_graph_breaks():
     x, W, be, bd = [t.requires_grad_(True) for t in encoder_inputs(8, 6, 30, torch.float32, data="gauss")]
     W_dec = torch.randn(30, 6, requires_grad=True)

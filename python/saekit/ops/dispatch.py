@@ -2,7 +2,8 @@
 
 Each backend declares what it supports (``supports`` returns ``None`` or the reason it
 cannot run). ``backend="auto"`` takes the first backend of the device's priority list that can
-run the call and logs the choice once at debug level; a backend named explicitly that cannot
+run the call and logs the choice once at debug level (at warning level when only the dense
+reference can run, with the reasons the kernels cannot); a backend named explicitly that cannot
 run raises ``ValueError`` with the reason, never falls back silently.
 """
 
@@ -147,7 +148,9 @@ def choose(
             if key not in _logged and not torch.compiler.is_compiling():
                 _logged.add(key)
                 skipped = "; ".join(reasons) or "none skipped"
-                logger.debug("saekit.ops.%s on %s: backend %r (%s)", op, device.type, name, skipped)
+                # The dense reference is many times slower than a kernel: never quietly.
+                level = logging.WARNING if name == "reference" and reasons else logging.DEBUG
+                logger.log(level, "saekit.ops.%s on %s: backend %r (%s)", op, device.type, name, skipped)
             return name
         reasons.append(f"{name}: {reason}")
     raise AssertionError("the reference backend always runs")  # pragma: no cover
