@@ -31,18 +31,26 @@ def save_sae(sae, path) -> Path:
     Files are written to temporary names and renamed, so a crash never leaves a half-written
     checkpoint under the final names.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().contiguous().cpu() for name, t in sae.state_dict().items()
                if name in _state_shapes(sae.cfg)}
     cfg = {"format": FORMAT, **sae.cfg.to_dict(), "dtype": str(sae.W_enc.dtype).removeprefix("torch.")}
-    tmp_weights, tmp_cfg = path / (WEIGHTS_FILE + ".tmp"), path / (CONFIG_FILE + ".tmp")
+    return write_checkpoint(path, tensors, cfg)
+
+
+def write_checkpoint(path: Path, tensors: dict, cfg: dict, *, weights_file: str = WEIGHTS_FILE,
+                     config_file: str = CONFIG_FILE) -> Path:
+    """Write ``tensors`` (name -> CPU tensor) as safetensors and ``cfg`` as JSON into directory
+    ``path``, each to a temporary name first and then renamed, so that a crash never leaves a
+    half-written file under the final names. Returns ``path``."""
+    from safetensors.torch import save_file
+
+    tmp_weights, tmp_cfg = path / (weights_file + ".tmp"), path / (config_file + ".tmp")
     save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
     tmp_cfg.write_text(json.dumps(cfg, indent=2) + "\n")
-    os.replace(tmp_weights, path / WEIGHTS_FILE)
-    os.replace(tmp_cfg, path / CONFIG_FILE)
+    os.replace(tmp_weights, path / weights_file)
+    os.replace(tmp_cfg, path / config_file)
     return path
 
 

@@ -45,7 +45,7 @@ from saekit.distributed.selection import (
 from saekit.nn._casting import cast, compute_dtype, flatten_rows, unflatten_rows
 from saekit.nn.decoder_norm import normalize_rows_, remove_parallel_gradient_
 from saekit.nn.metrics import auxk_loss
-from saekit.nn.sae import SAEConfig
+from saekit.nn.sae import SAEConfig, SAEShape, TakesGradient
 from saekit.nn.sparse_code import SAEOutput, SparseCode
 from saekit.ops import reference
 from saekit.ops.gradient_topk_encode import gradient_topk_encode
@@ -55,7 +55,7 @@ from saekit.ops.topk_encode import topk_encode
 SHARDED_PARAMETERS = ("W_enc", "b_enc", "W_dec")  # row-sharded; b_dec is replicated
 
 
-class ShardedTopKSAE(nn.Module):
+class ShardedTopKSAE(SAEShape, nn.Module):
     """A TopK SAE whose M latents are split over the ranks of ``group``.
 
     Same calls and outputs as saekit.nn.TopKSAE: ``encode(x)``, ``encode(x, dead=mask)``,
@@ -134,29 +134,10 @@ class ShardedTopKSAE(nn.Module):
             src = full[self.start:self.end] if name in SHARDED_PARAMETERS else full
             getattr(self, name).copy_(src)
 
-    # ----------------------------------------------------------------- properties
-
-    @property
-    def d_in(self) -> int:
-        return self.cfg.d_in
-
-    @property
-    def n_latents(self) -> int:
-        return self.cfg.n_latents
-
-    @property
-    def k(self) -> int:
-        return self.cfg.k
-
     def extra_repr(self) -> str:
         return (f"d_in={self.d_in}, n_latents={self.n_latents}, k={self.k}, latents=[{self.start}, {self.end}) "
                 f"on shard {self.shard_rank}/{self.shard_world}, backend={self.backend!r}")
 
-    def _check_input(self, x, name: str = "x") -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() == 0 or x.shape[-1] != self.d_in:
-            raise ValueError(f"{name} must have shape [..., d_in] with d_in = {self.d_in}, got {list(x.shape)}")
 
     def _check_dead(self, dead) -> torch.Tensor:
         if not isinstance(dead, torch.Tensor) or dead.dtype != torch.bool or tuple(dead.shape) != (self.n_latents,):
@@ -308,7 +289,7 @@ class ShardedTopKSAE(nn.Module):
         return save_sharded(self, path, **kwargs)
 
 
-class ShardedGradientTopKSAE(ShardedTopKSAE):
+class ShardedGradientTopKSAE(TakesGradient, ShardedTopKSAE):
     """The latent-sharded g-SAE: ShardedTopKSAE with gradient-TopK selection (SPEC section 2).
 
     ``encode(x, grad)`` / ``forward(x, grad, dead=None)`` as saekit.nn.GradientTopKSAE; without
@@ -338,17 +319,6 @@ class ShardedGradientTopKSAE(ShardedTopKSAE):
         scores = gradient_scores(pre, out.indices, g2, W_dec, self.cfg.beta)
         code = self._merge(out.values, out.indices, scores, self.k, self._width(self.k))
         return code, (None if dead is None else self._aux_code(x2, W, be, bd, dead))
-
-    def encode(self, x: torch.Tensor, grad: torch.Tensor | None = None, *, dead: torch.Tensor | None = None):
-        """x, grad [..., d_in] -> SparseCode [..., k] (or (code, aux_code) with ``dead``)."""
-        code, aux = self._encode(x, grad, dead)
-        return code if dead is None else (code, aux)
-
-    def forward(self, x: torch.Tensor, grad: torch.Tensor | None = None, *,
-                dead: torch.Tensor | None = None) -> SAEOutput:
-        """x, grad [..., d_in] -> SAEOutput(x_hat, code, aux or None)."""
-        code, aux = self._encode(x, grad, dead)
-        return SAEOutput(self.decode(code), code, aux)
 
 
 SHARDED_CLASSES = {"topk": ShardedTopKSAE, "gradient_topk": ShardedGradientTopKSAE}

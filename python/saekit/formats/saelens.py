@@ -22,9 +22,7 @@ raise a ValueError naming the file and the key.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -41,6 +39,7 @@ from saekit.formats._common import (
     restore_fields,
     saekit_fields,
 )
+from saekit.io import write_checkpoint
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -208,8 +207,6 @@ def save_saelens(sae, path) -> Path:
     grad_norm, cfg.extra) go into the config's metadata, so load_saelens gives the module back.
     Files are written to temporary names and renamed.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg, M = sae.cfg, sae.n_latents
@@ -229,9 +226,4 @@ def save_saelens(sae, path) -> Path:
         out |= {"architecture": "topk", "k": cfg.k, "rescale_acts_by_decoder_norm": False}
     out["metadata"] = metadata
     weights = {name: w.contiguous().cpu() for name, w in weights.items()}
-    tmp_weights, tmp_cfg = path / (WEIGHTS_FILE + ".tmp"), path / (CONFIG_FILE + ".tmp")
-    save_file(weights, str(tmp_weights), metadata={"format": "pt"})
-    tmp_cfg.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(tmp_weights, path / WEIGHTS_FILE)
-    os.replace(tmp_cfg, path / CONFIG_FILE)
-    return path
+    return write_checkpoint(path, weights, out, weights_file=WEIGHTS_FILE, config_file=CONFIG_FILE)

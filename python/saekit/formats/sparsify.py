@@ -18,7 +18,6 @@ sparsify's conventions and their translation:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from saekit.formats._common import (
@@ -32,6 +31,7 @@ from saekit.formats._common import (
     restore_fields,
     saekit_fields,
 )
+from saekit.io import write_checkpoint
 
 WEIGHTS_FILE = "sae.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -136,8 +136,6 @@ def save_sparsify(sae, path, *, hookpoint: str | None = None) -> Path:
     saekit's own fields (k_aux, beta, grad_norm, cfg.extra) go under the config's "saekit" key,
     which sparsify ignores. BatchTopK SAEs have no sparsify equivalent: ValueError.
     """
-    from safetensors.torch import save_file
-
     cfg = sae.cfg
     if cfg.architecture == "batch_topk":
         raise ValueError("save_sparsify: a BatchTopK SAE (architecture 'batch_topk') has no sparsify equivalent "
@@ -151,9 +149,4 @@ def save_sparsify(sae, path, *, hookpoint: str | None = None) -> Path:
            "normalize_decoder": is_unit_norm(sae.W_dec.detach()), "num_latents": cfg.n_latents, "k": cfg.k,
            "multi_topk": bool(kept.get("multi_topk", False)), "skip_connection": False, "transcode": False,
            "d_in": cfg.d_in, SAEKIT_KEY: saekit_fields(sae)}
-    tmp_weights, tmp_cfg = path / (WEIGHTS_FILE + ".tmp"), path / (CONFIG_FILE + ".tmp")
-    save_file(weights, str(tmp_weights), metadata={"format": "pt"})
-    tmp_cfg.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(tmp_weights, path / WEIGHTS_FILE)
-    os.replace(tmp_cfg, path / CONFIG_FILE)
-    return path
+    return write_checkpoint(path, weights, out, weights_file=WEIGHTS_FILE, config_file=CONFIG_FILE)

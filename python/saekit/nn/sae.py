@@ -54,7 +54,31 @@ class SAEConfig:
         return asdict(self)
 
 
-class TopKSAE(nn.Module):
+class SAEShape:
+    """What every SAE module reads off its SAEConfig ``cfg``: its sizes and the input check."""
+
+    cfg: SAEConfig
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def n_latents(self) -> int:
+        return self.cfg.n_latents
+
+    @property
+    def k(self) -> int:
+        return self.cfg.k
+
+    def _check_input(self, x: torch.Tensor, name: str = "x") -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != self.d_in:
+            raise ValueError(f"{name} must have shape [..., d_in] with d_in = {self.d_in}, got {list(x.shape)}")
+
+
+class TopKSAE(SAEShape, nn.Module):
     """A TopK sparse autoencoder (Gao et al. 2024) on [..., d_in] activations.
 
     Parameters (SPEC layout): W_enc [M, d], b_enc [M], W_dec [M, d] (unit-norm rows at init),
@@ -99,26 +123,8 @@ class TopKSAE(nn.Module):
         self.b_enc.zero_()
         self.b_dec.zero_()
 
-    @property
-    def d_in(self) -> int:
-        return self.cfg.d_in
-
-    @property
-    def n_latents(self) -> int:
-        return self.cfg.n_latents
-
-    @property
-    def k(self) -> int:
-        return self.cfg.k
-
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, n_latents={self.n_latents}, k={self.k}, backend={self.backend!r}"
-
-    def _check_input(self, x: torch.Tensor, name: str = "x") -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() == 0 or x.shape[-1] != self.d_in:
-            raise ValueError(f"{name} must have shape [..., d_in] with d_in = {self.d_in}, got {list(x.shape)}")
 
     def _select(self, x: torch.Tensor, grad: torch.Tensor | None) -> SparseCode:
         self.activation.backend = self.backend
@@ -195,7 +201,23 @@ class TopKSAE(nn.Module):
         return load_sae(path, device=device, dtype=dtype, backend=backend)
 
 
-class GradientTopKSAE(TopKSAE):
+class TakesGradient:
+    """encode / forward of a g-SAE: the downstream gradient ``grad`` [..., d_in] rides along with
+    x into the selection (``_encode``); without it the selection is plain TopK."""
+
+    def encode(self, x: torch.Tensor, grad: torch.Tensor | None = None, *, dead: torch.Tensor | None = None):
+        """x, grad [..., d_in] -> SparseCode [..., k] (or (code, aux_code) with ``dead``)."""
+        code, aux = self._encode(x, grad, dead)
+        return code if dead is None else (code, aux)
+
+    def forward(self, x: torch.Tensor, grad: torch.Tensor | None = None, *,
+                dead: torch.Tensor | None = None) -> SAEOutput:
+        """x, grad [..., d_in] -> SAEOutput(x_hat, code, aux or None)."""
+        code, aux = self._encode(x, grad, dead)
+        return SAEOutput(self.decode(code), code, aux)
+
+
+class GradientTopKSAE(TakesGradient, TopKSAE):
     """A gradient-TopK SAE (g-SAE): TopKSAE whose selection weighs each latent by how much it
     moves a downstream loss (SPEC section 2).
 
@@ -221,14 +243,3 @@ class GradientTopKSAE(TopKSAE):
         self._check_input(grad, "grad")
         self.gradient_topk.backend = self.backend
         return self.gradient_topk(x, grad, self.W_enc, self.b_enc, self.W_dec, self.b_dec)
-
-    def encode(self, x: torch.Tensor, grad: torch.Tensor | None = None, *, dead: torch.Tensor | None = None):
-        """x, grad [..., d_in] -> SparseCode [..., k] (or (code, aux_code) with ``dead``)."""
-        code, aux = self._encode(x, grad, dead)
-        return code if dead is None else (code, aux)
-
-    def forward(self, x: torch.Tensor, grad: torch.Tensor | None = None, *,
-                dead: torch.Tensor | None = None) -> SAEOutput:
-        """x, grad [..., d_in] -> SAEOutput(x_hat, code, aux or None)."""
-        code, aux = self._encode(x, grad, dead)
-        return SAEOutput(self.decode(code), code, aux)

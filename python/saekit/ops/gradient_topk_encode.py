@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from saekit.ops import dispatch, reference
-from saekit.ops.topk_encode import TopKOutput, encode_backward
+from saekit.ops.autograd import gradient_topk_encode_autograd
+from saekit.ops.topk_encode import TopKOutput
 from saekit.ops.validation import check_encoder, check_gradient
 
 
@@ -54,18 +55,5 @@ def _gradient_topk_encode_fake(x, g, W_enc, b_enc, W_dec, b_dec, k, beta):
     return x.new_empty(N, k), x.new_empty(N, k, dtype=torch.int64)
 
 
-def _setup_context(ctx, inputs, output):
-    x, g, W_enc, b_enc, W_dec, b_dec, k, beta = inputs
-    values, indices = output
-    ctx.save_for_backward(x, W_enc, b_dec, values, indices)
-
-
-def _backward(ctx, grad_values, grad_indices):
-    x, W_enc, b_dec, values, indices = ctx.saved_tensors
-    dx, dW_enc, db_enc, db_dec = encode_backward(grad_values, values, indices, x, W_enc, b_dec)
-    return dx, None, dW_enc, db_enc, None, db_dec, None, None
-
-
-torch.library.register_autograd(
-    "saekit::gradient_topk_encode", _backward, setup_context=_setup_context
-)
+_backward, _setup_context = gradient_topk_encode_autograd(torch.ops.saekit.topk_encode_backward)
+torch.library.register_autograd("saekit::gradient_topk_encode", _backward, setup_context=_setup_context)

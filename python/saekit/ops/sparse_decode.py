@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from saekit.ops import dispatch, reference
+from saekit.ops.autograd import sparse_decode_autograd
 from saekit.ops.validation import check_indices_range, check_sparse_code
 
 
@@ -47,19 +48,5 @@ def _sparse_decode_backward_fake(grad_out, values, indices, W_dec):
     return torch.empty_like(values), torch.empty_like(W_dec), W_dec.new_empty(W_dec.shape[1])
 
 
-def _setup_context(ctx, inputs, output):
-    values, indices, W_dec, b_dec = inputs
-    ctx.save_for_backward(values, indices, W_dec)
-
-
-def _backward(ctx, grad_out):
-    values, indices, W_dec = ctx.saved_tensors
-    dvalues, dW_dec, db_dec = torch.ops.saekit.sparse_decode_backward(
-        grad_out, values, indices, W_dec
-    )
-    return dvalues, None, dW_dec, db_dec
-
-
-torch.library.register_autograd(
-    "saekit::sparse_decode", _backward, setup_context=_setup_context
-)
+_backward, _setup_context = sparse_decode_autograd(torch.ops.saekit.sparse_decode_backward)
+torch.library.register_autograd("saekit::sparse_decode", _backward, setup_context=_setup_context)

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 
 from saekit.ops import dispatch, reference
+from saekit.ops.autograd import topk_encode_autograd
 from saekit.ops.validation import check_dead, check_encoder
 
 
@@ -87,31 +88,5 @@ def _topk_encode_backward_fake(grad_values, values, indices, x, W_enc, b_dec):
     )
 
 
-def encode_backward(grad_values, values, indices, x, W_enc, b_dec):
-    """(dx, dW_enc, db_enc, db_dec) from the N x k' nonzeros; None grads count as zero."""
-    if grad_values is None:
-        grad_values = torch.zeros_like(values)
-    return torch.ops.saekit.topk_encode_backward(grad_values, values, indices, x, W_enc, b_dec)
-
-
-def _setup_context(ctx, inputs, output):
-    x, W_enc, b_enc, b_dec, k, dead, k_aux = inputs
-    values, indices, aux_values, aux_indices = output
-    ctx.save_for_backward(x, W_enc, b_dec, values, indices, aux_values, aux_indices)
-
-
-def _backward(ctx, grad_values, grad_indices, grad_aux_values, grad_aux_indices):
-    x, W_enc, b_dec, values, indices, aux_values, aux_indices = ctx.saved_tensors
-    if grad_aux_values is not None and aux_values.shape[1] > 0:
-        if grad_values is None:
-            grad_values = torch.zeros_like(values)
-        grad_values = torch.cat([grad_values, grad_aux_values], 1)
-        values = torch.cat([values, aux_values], 1)
-        indices = torch.cat([indices, aux_indices], 1)
-    dx, dW_enc, db_enc, db_dec = encode_backward(grad_values, values, indices, x, W_enc, b_dec)
-    return dx, dW_enc, db_enc, db_dec, None, None, None
-
-
-torch.library.register_autograd(
-    "saekit::topk_encode", _backward, setup_context=_setup_context
-)
+_backward, _setup_context = topk_encode_autograd(torch.ops.saekit.topk_encode_backward)
+torch.library.register_autograd("saekit::topk_encode", _backward, setup_context=_setup_context)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saekit.ops.autograd import sparse_decode_autograd
 from saekit.ops.validation import check_indices_range
 from saekit.triton.sparse_kernels import gather_dot, gather_sum, scatter_rows
 
@@ -39,17 +40,7 @@ def _(grad_out, values, indices, W_dec):
     return torch.empty_like(values), torch.empty_like(W_dec), W_dec.new_empty(W_dec.shape[1])
 
 
-def _setup_context(ctx, inputs, output):
-    values, indices, W_dec, b_dec = inputs
-    ctx.save_for_backward(values, indices, W_dec)
-
-
-def _backward(ctx, grad_out):
-    values, indices, W_dec = ctx.saved_tensors
-    dvalues, dW_dec, db_dec = torch.ops.saekit_triton.sparse_decode_backward(grad_out, values, indices, W_dec)
-    return dvalues, None, dW_dec, db_dec
-
-
+_backward, _setup_context = sparse_decode_autograd(torch.ops.saekit_triton.sparse_decode_backward)
 _sparse_decode_op.register_autograd(_backward, setup_context=_setup_context)
 
 

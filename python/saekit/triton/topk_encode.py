@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from saekit.ops.autograd import gradient_topk_encode_autograd, topk_encode_autograd
 from saekit.triton import MAX_K
 from saekit.triton.encode_kernel import folded_bias, select_keys
 from saekit.triton.keys import LOW_BASE, key_latents, key_scores
@@ -108,44 +109,10 @@ def _(grad_values, values, indices, x, W_enc, b_dec):
     return torch.empty_like(x), torch.empty_like(W_enc), W_enc.new_empty(W_enc.shape[0]), torch.empty_like(b_dec)
 
 
-def _encode_backward(grad_values, values, indices, x, W_enc, b_dec):
-    if grad_values is None:
-        grad_values = torch.zeros_like(values)
-    return torch.ops.saekit_triton.topk_encode_backward(grad_values, values, indices, x, W_enc, b_dec)
-
-
-def _topk_setup_context(ctx, inputs, output):
-    x, W_enc, b_enc, b_dec, k, dead, k_aux = inputs
-    values, indices, aux_values, aux_indices = output
-    ctx.save_for_backward(x, W_enc, b_dec, values, indices, aux_values, aux_indices)
-
-
-def _topk_backward(ctx, grad_values, grad_indices, grad_aux_values, grad_aux_indices):
-    x, W_enc, b_dec, values, indices, aux_values, aux_indices = ctx.saved_tensors
-    if grad_aux_values is not None and aux_values.shape[1] > 0:
-        if grad_values is None:
-            grad_values = torch.zeros_like(values)
-        grad_values = torch.cat([grad_values, grad_aux_values], 1)
-        values = torch.cat([values, aux_values], 1)
-        indices = torch.cat([indices, aux_indices], 1)
-    dx, dW_enc, db_enc, db_dec = _encode_backward(grad_values, values, indices, x, W_enc, b_dec)
-    return dx, dW_enc, db_enc, db_dec, None, None, None
-
-
-def _gradient_setup_context(ctx, inputs, output):
-    x, g, W_enc, b_enc, W_dec, b_dec, k, beta = inputs
-    values, indices = output
-    ctx.save_for_backward(x, W_enc, b_dec, values, indices)
-
-
-def _gradient_backward(ctx, grad_values, grad_indices):
-    x, W_enc, b_dec, values, indices = ctx.saved_tensors
-    dx, dW_enc, db_enc, db_dec = _encode_backward(grad_values, values, indices, x, W_enc, b_dec)
-    return dx, None, dW_enc, db_enc, None, db_dec, None, None
-
-
-_topk_encode_op.register_autograd(_topk_backward, setup_context=_topk_setup_context)
-_gradient_topk_encode_op.register_autograd(_gradient_backward, setup_context=_gradient_setup_context)
+_backward, _setup = topk_encode_autograd(torch.ops.saekit_triton.topk_encode_backward)
+_topk_encode_op.register_autograd(_backward, setup_context=_setup)
+_backward, _setup = gradient_topk_encode_autograd(torch.ops.saekit_triton.topk_encode_backward)
+_gradient_topk_encode_op.register_autograd(_backward, setup_context=_setup)
 
 
 def topk_encode(x, W_enc, b_enc, b_dec, k, dead, k_aux):
