@@ -2,8 +2,12 @@
 one per line, so scripts can `pip install` them without building the package again."""
 
 import sys
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
     "optional-dependencies"

@@ -6,4 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install.sh
+# The plot extra (matplotlib) draws runs/toy/summary.png.
+"$PY" scripts/extra_requirements.py plot > "${TMPDIR:-/tmp}/saekit-plot-requirements.txt"
+"$PY" -m pip install -q -r "${TMPDIR:-/tmp}/saekit-plot-requirements.txt"
 "$PY" -m saekit train "$@"
