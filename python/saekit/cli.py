@@ -61,6 +61,7 @@ EVAL_EPILOG = """\
 examples:
   saekit eval --sae runs/lm/topk --sae runs/lm/gradient_topk --model gpt2 --data corpus.txt
   saekit eval --sae runs/toy/topk --model runs/toy/toy_model   # a toy model written by train
+  saekit eval --sae saelens_dir --sae sparsify_run/layers.6 --model gpt2 --hook transformer.h.6 --data corpus.txt
 """
 
 
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=EVAL_EPILOG, formatter_class=fmt)
     _common(ev)
     ev.add_argument("--sae", action="append", default=None, metavar="DIR",
-                    help="SAE directory (sae.safetensors + cfg.json); repeat to compare several")
+                    help="SAE checkpoint directory: saekit, SAELens or sparsify (detected); repeat to compare several")
     ev.add_argument("--eval-batches", type=int, default=None, help="batches to evaluate (default: 20; toy: 16 "
                     "batches of --batch-size rows, default 1024)")
     ev.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")

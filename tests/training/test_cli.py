@@ -52,6 +52,22 @@ def test_train_on_a_language_model_then_resume_and_eval(tmp_path, capsys):
     assert main(["eval", "--sae", str(out / "topk"), "--hook", "transformer.h.9"]) == 2
     assert "transformer.h.0.attn" in capsys.readouterr().err
 
+    # The same SAE exported to SAELens and sparsify checkpoints evaluates to the same numbers.
+    from saekit import formats
+
+    sae = formats.load(out / "topk")
+    formats.save(sae, tmp_path / "saelens", format="saelens")
+    formats.save(sae, tmp_path / "sparsify", format="sparsify")
+    context = ["--model", str(tmp_path / "lm"), "--hook", "transformer.h.0", "--data", str(data),
+               "--seq-len", "16", "--eval-batches", "1", "--batch-size", "2"]
+    assert main(["eval", "--sae", str(out / "topk"), "--sae", str(tmp_path / "saelens"), "--sae",
+                 str(tmp_path / "sparsify"), *context, "--json", str(tmp_path / "eval.json")]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert set(evaluated) == {"topk", "saelens", "sparsify"}
+    for name in ("saelens", "sparsify"):
+        for metric in ("fvu", "kl", "loss_recovered"):
+            assert evaluated[name][metric] == pytest.approx(evaluated["topk"][metric], rel=1e-4, abs=1e-6), metric
+
 
 def test_eval_rejects_an_sae_of_another_width(tmp_path, capsys):
     pytest.importorskip("transformers")

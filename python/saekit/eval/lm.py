@@ -6,24 +6,31 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from saekit.io import read_config
 
 
 def _load_saes(dirs, device) -> dict:
-    from saekit.io import load_sae
+    """SAEs from checkpoint directories of any format saekit reads (saekit, SAELens, sparsify),
+    in float32, and what their configs say of the model, hook and data they were trained on."""
+    from saekit import formats
 
     if not dirs:
-        raise ValueError("--sae is required: a directory holding sae.safetensors and cfg.json (repeatable)")
+        raise ValueError("--sae is required: a saekit, SAELens or sparsify checkpoint directory (repeatable)")
     saes, extras = {}, {}
     for d in dirs:
         path = Path(d)
         name = path.name or str(path)
         while name in saes:
             name += "'"
-        saes[name] = load_sae(path, device=device, dtype=None)
-        saes[name] = saes[name].float()
-        extras[name] = read_config(path).get("extra") or {}
+        saes[name] = formats.load(path, device=device).float()
+        extras[name] = training_context(saes[name].cfg.extra)
     return saes, extras
+
+
+def training_context(extra: dict) -> dict:
+    """What saekit recorded in a checkpoint's config of the run that trained it (model, hook,
+    data, seq_len, ...). SAELens' model_name / hook_name are TransformerLens names, not Hugging
+    Face ones, and sparsify records none: such checkpoints need --model, --hook and --data."""
+    return {key: value for key, value in extra.items() if key not in ("saelens", "sparsify")}
 
 
 def _default(value, extras: dict, key: str, flag: str):
