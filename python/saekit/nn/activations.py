@@ -45,6 +45,8 @@ class TopK(nn.Module):
         return f"k={self.k}, backend={self.backend!r}"
 
     def forward(self, x, W_enc=None, b_enc=None, b_dec=None, *, dead=None, k_aux=None):
+        """x [..., d] with W_enc [M, d], b_enc [M], b_dec [d] -> SparseCode [..., k] (and the
+        AuxK code [..., k_aux] with ``dead`` [M] bool); or pre [..., M] alone -> SparseCode."""
         leading = x.shape[:-1]
         if W_enc is None:
             return self._from_pre_activations(x, leading)
@@ -101,6 +103,8 @@ class GradientTopK(nn.Module):
         return f"k={self.k}, beta={self.beta}, grad_norm={self.grad_norm!r}, backend={self.backend!r}"
 
     def forward(self, x, grad, W_enc, b_enc, W_dec, b_dec) -> SparseCode:
+        """x, grad [..., d], W_enc [M, d], b_enc [M], W_dec [M, d], b_dec [d] -> SparseCode
+        [..., k] selected by the g-SAE score; ``grad=None`` selects as TopK does."""
         if grad is None:
             self._topk.backend = self.backend
             return self._topk(x, W_enc, b_enc, b_dec)

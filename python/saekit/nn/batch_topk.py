@@ -39,6 +39,7 @@ class BatchTopK(nn.Module):
         return f"k={self.k}, momentum={self.momentum}, threshold={self.threshold.item():.4g}"
 
     def forward(self, x, W_enc, b_enc, b_dec) -> SparseCode:
+        """x [..., d], W_enc [M, d], b_enc [M], b_dec [d] -> SparseCode [..., w] (see the class)."""
         leading = x.shape[:-1]
         dtype = compute_dtype(x)
         x2, W_enc, b_enc, b_dec = cast(dtype, flatten_rows(x), W_enc, b_enc, b_dec)

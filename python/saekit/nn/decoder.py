@@ -49,4 +49,5 @@ class SparseDecoder(nn.Module):
         return f"n_latents={M}, d_out={d}, bias={self.bias is not None}, backend={self.backend!r}"
 
     def forward(self, code) -> torch.Tensor:
+        """code: SparseCode or (values, indices), each [..., k] -> x_hat [..., d]."""
         return decode(SparseCode(*code), self.weight, self.bias, self.backend)

@@ -21,6 +21,7 @@ def _check_tensor(t, name: str) -> None:
 
 
 def check_float(t, name: str) -> None:
+    """TypeError unless ``t`` is a float32, bfloat16 or float16 tensor."""
     _check_tensor(t, name)
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(
@@ -29,6 +30,7 @@ def check_float(t, name: str) -> None:
 
 
 def check_shape(t: torch.Tensor, shape: tuple, name: str, notation: str) -> None:
+    """ValueError unless ``t`` has ``shape`` (written ``notation``, e.g. "[M, d]", in the message)."""
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {notation} = {list(shape)}, got {list(t.shape)}")
 
@@ -36,6 +38,7 @@ def check_shape(t: torch.Tensor, shape: tuple, name: str, notation: str) -> None
 def check_same(
     x: torch.Tensor, t: torch.Tensor, name: str, *, dtype: bool = True, ref: str = "x"
 ) -> None:
+    """``t`` must share the device (and, with ``dtype``, the dtype) of ``x``."""
     if dtype and t.dtype != x.dtype:
         raise TypeError(f"{name} must have the dtype of {ref} ({x.dtype}), got {t.dtype}")
     if t.device != x.device:
@@ -43,6 +46,7 @@ def check_same(
 
 
 def check_k(k, M: int, name: str = "k", low: int = 1) -> None:
+    """``k`` must be an int in [low, M]."""
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"{name} must be an int, got {type(k).__name__}")
     if not low <= k <= M:

@@ -30,11 +30,21 @@ class ActivationBatch(NamedTuple):
 
 @runtime_checkable
 class ActivationSource(Protocol):
+    """What the trainer reads from: batches of activations [N, d_in] (with their per-token
+    gradients when ``need_grad``), and a position that ``state_dict`` / ``load_state_dict``
+    save and restore exactly, so that a resumed run sees the batches it would have seen."""
+
     d_in: int
     need_grad: bool
 
-    def next_batch(self) -> ActivationBatch: ...
+    def next_batch(self) -> ActivationBatch:
+        """The next batch: x [N, d_in] and grad [N, d_in] or None."""
+        ...
 
-    def state_dict(self) -> dict: ...
+    def state_dict(self) -> dict:
+        """The position in the stream, JSON-serialisable."""
+        ...
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a position that ``state_dict`` gave."""
+        ...
