@@ -7,6 +7,8 @@
 # as it goes, so a stage cut short still leaves the earlier ones.
 #
 #   OUT=/some/dir bash benchmarks/gpu_run.sh        # SAEKIT_GPU_BUDGET_S: whole-script seconds
+#
+# Run benchmarks/peer_wheels.sh here first and carry .whl so that sparsify is timed too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
@@ -43,6 +45,10 @@ stage() {
   date -u
   git log -1 --format='commit %h %s' 2>/dev/null
 } >"$OUT/env.txt" 2>&1
+if [ -d .whl ]; then  # peers' wheels carried from benchmarks/peer_wheels.sh
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
+    export PYTHONPATH=/tmp/site
+fi
 rm -f dist/saekit-*.whl
 build() {
   python3 -m pip wheel --no-build-isolation --no-deps -w dist . &&
