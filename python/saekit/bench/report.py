@@ -66,14 +66,19 @@ def plot(payload: dict, path: Path) -> str | None:
         return "no successful measurements to plot"
     (N, d, k, dtype), rows = max(groups.items(), key=lambda kv: len({r["M"] for r in kv[1]}))
     cases = [c for c in CASES if any(r["case"] == c for r in rows)]
+    # One colour per contender across every panel, so the single legend reads for all of them.
+    names = sorted({r["contender"] for r in rows})
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
     fig, axes = plt.subplots(2, len(cases), figsize=(4 * len(cases), 6.5), squeeze=False)
     for j, case in enumerate(cases):
-        for name in sorted({r["contender"] for r in rows if r["case"] == case}):
+        for name in names:
             pts = sorted((r["M"], r["median_s"] * 1e3, (r["peak_bytes"] or 0) / 2**20) for r in rows
                          if r["case"] == case and r["contender"] == name)
+            if not pts:
+                continue
             Ms = [p[0] for p in pts]
-            axes[0][j].plot(Ms, [p[1] for p in pts], marker="o", label=name)
-            axes[1][j].plot(Ms, [p[2] for p in pts], marker="o", label=name)
+            axes[0][j].plot(Ms, [p[1] for p in pts], marker="o", color=colours[name], label=name)
+            axes[1][j].plot(Ms, [p[2] for p in pts], marker="o", color=colours[name], label=name)
         axes[0][j].set_title(case)
         axes[0][j].set_ylabel("median time (ms)")
         axes[1][j].set_ylabel("peak memory (MiB)")
@@ -82,7 +87,8 @@ def plot(payload: dict, path: Path) -> str | None:
             ax.set_yscale("log")
             ax.set_xlabel("M (latents)")
             ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles = [plt.Line2D([], [], color=colours[name], marker="o", label=name) for name in names]
+    axes[0][0].legend(handles=handles, fontsize=7)
     fig.suptitle(f"saekit bench: N={N}, d={d}, k={k}, {dtype}; {payload['provenance']['device']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
