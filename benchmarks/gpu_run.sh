@@ -8,7 +8,9 @@
 #
 #   OUT=/some/dir bash benchmarks/gpu_run.sh        # SAEKIT_GPU_BUDGET_S: whole-script seconds
 #
-# Run benchmarks/peer_wheels.sh here first and carry .whl so that sparsify is timed too.
+# Run benchmarks/peer_wheels.sh here first and carry .whl so that sparsify is timed too; the
+# device tool's call is then: command "bash benchmarks/gpu_run.sh", carry [".whl"], timeout_s 590.
+# Commit what comes back under benchmarks/results/gpu_<date>/ (env.txt names device, torch, CUDA).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
