@@ -44,12 +44,14 @@ inline void check_indices_dtype(const at::Tensor& indices) {
                    "indices must be an int64 tensor, got ", indices.scalar_type());
 }
 
-// Every index in [0, M) or a ValueError, before any kernel reads a row with it.
+// Every index in [0, M) or a ValueError, before any kernel reads a row with it. Min and max
+// come back in one copy to the host: one device sync per call, not one per value.
 inline void check_indices_range(const at::Tensor& indices, int64_t M) {
   if (indices.numel() == 0) return;
   auto minmax = at::aminmax(indices);
-  const int64_t lo = std::get<0>(minmax).item<int64_t>();
-  const int64_t hi = std::get<1>(minmax).item<int64_t>();
+  const auto range = at::stack({std::get<0>(minmax), std::get<1>(minmax)}).cpu();
+  const int64_t lo = range.const_data_ptr<int64_t>()[0];
+  const int64_t hi = range.const_data_ptr<int64_t>()[1];
   TORCH_CHECK_VALUE(lo >= 0 && hi < M, "indices must lie in [0, M) with M = ", M,
                     ", got values in [", lo, ", ", hi, "]");
 }

@@ -32,6 +32,7 @@ at::Tensor sparse_decode(const at::Tensor& values, const at::Tensor& indices,
   check_dim(b_dec, 1, "b_dec", "[d]");
   check_size(b_dec, 0, W_dec.size(1), "b_dec", "d = W_dec.shape[1]");
   check_same_dtype(values, b_dec, "values", "b_dec");
+  check_same_device(values, b_dec, "values", "b_dec");
   auto acc = Rows::gather_rows(values, indices, W_dec);
   acc.add_(b_dec.to(acc.scalar_type()));
   return acc.to(values.scalar_type());
@@ -45,6 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_decode_backward(
   check_dim(grad_out, 2, "grad_out", "[N, d]");
   check_size(grad_out, 0, values.size(0), "grad_out", "N = values.shape[0]");
   check_size(grad_out, 1, W_dec.size(1), "grad_out", "d = W_dec.shape[1]");
+  check_same_device(values, grad_out, "values", "grad_out");
   const auto acc = acc_type(W_dec.scalar_type());
   auto g = grad_out.to(acc).contiguous();
   auto dvalues = Rows::gather_dot(g, indices, W_dec);
@@ -67,6 +69,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_encode_backward(
   check_dim(W_enc, 2, "W_enc", "[M, d]");
   check_size(values, 0, x.size(0), "values", "N = x.shape[0]");
   check_size(W_enc, 1, x.size(1), "W_enc", "d = x.shape[1]");
+  // A CUDA kernel handed one host tensor among device ones would read host addresses.
+  for (auto [t, n] : {std::pair{&grad_values, "grad_values"}, {&x, "x"}, {&W_enc, "W_enc"},
+                      {&b_dec, "b_dec"}}) {
+    check_same_device(values, *t, "values", n);
+  }
   const int64_t M = W_enc.size(0);
   check_indices_range(indices, M);
   const auto acc = acc_type(x.scalar_type());

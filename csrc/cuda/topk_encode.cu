@@ -5,8 +5,9 @@
 // products) writes x_c @ W_enc[chunk].T (and g @ W_dec[chunk].T for g-SAE) as [N, C]; a kernel
 // adds the bias, forms the score and packs it with the latent index into one sortable int64
 // key (ties to the lower index); the running top k is the top k of the previous k keys and the
-// chunk's C keys. Working memory O(N * (C + k)), C chosen so that a tile stays under 256 MB,
-// independent of M. The fused GEMM-epilogue selection is the next step (issue 3).
+// chunk's C keys. Working memory O((N + d) * C + N * k), C chosen so that a tile ([N, C]
+// products, or the [C, d] float32 weight chunk) stays under 256 MB, independent of M. The fused
+// GEMM-epilogue selection is the next step (issue 3).
 #include "checks.h"
 #include "encode_args.h"
 #include "cuda/sparse_rows.cuh"
@@ -99,7 +100,10 @@ void encode(const at::Tensor& x, const at::Tensor& g, const at::Tensor& W_enc,
   auto bias = b_enc.to(at::kFloat).contiguous();
   auto dead_c = k_aux > 0 ? dead.contiguous() : at::Tensor();
   const int64_t tiles = kGrad ? 2 : 1;
-  const int64_t C = std::min(M, std::max<int64_t>(1024, kTileBytes / (N * 4 * tiles)));
+  // Bounded by d too: with few rows, a chunk of all M latents would copy the whole 16-bit
+  // W_enc (and W_dec) to float32.
+  const int64_t C =
+      std::min(M, std::max<int64_t>(1024, kTileBytes / (std::max(N, x.size(1)) * 4 * tiles)));
   Running top{{}, {}, k}, aux{{}, {}, k_aux};
   auto stream = c10::cuda::getCurrentCUDAStream();
   for (int64_t c0 = 0; c0 < M; c0 += C) {
