@@ -23,6 +23,8 @@ import triton.language as tl
 from saekit.triton import INTERPRETED
 from saekit.triton.keys import merge_top, score_keys
 
+_INTERPRETED = tl.constexpr(INTERPRETED)
+
 
 def _configs():
     if INTERPRETED:
@@ -71,6 +73,21 @@ def _topk_encode_bias_kernel(W_ptr, b_enc_ptr, b_dec_ptr, c_ptr, M, d, stride_w,
         acc += tl.sum(w * bd[None, :], 1)
     be = tl.load(b_enc_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     tl.store(c_ptr + cols, be - acc, mask=col_ok)
+
+
+@triton.jit
+def gsae_score(pre, h, beta):
+    """SPEC 2's score pre + (beta * relu(pre)) * |h| (float32), rounded step by step as the
+    reference rounds it. Compiled, Triton would contract the product and the add into one FMA
+    (one rounding instead of two, so near-ties could order differently from the reference);
+    mul.rn, an explicitly rounded multiply, is never contracted. A NaN pre gives a NaN score
+    either way."""
+    bz = beta * tl.where(pre > 0, pre, 0.0)
+    if _INTERPRETED:
+        return pre + bz * tl.abs(h)
+    prod = tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [bz, tl.abs(h)],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+    return pre + prod
 
 
 @triton.jit
@@ -125,8 +142,7 @@ def _topk_encode_fwd_kernel(
         if GSAE:
             h = _product_tile(g_ptr, stride_g, rows, row_ok, Wd_ptr, stride_wd, cols, col_ok, d,
                               BLOCK_N, TILE, BLOCK_D, CAST_FP32, PRECISION)
-            # Same operation order as the reference: pre + (beta * relu(pre)) * |h|.
-            score = pre + beta * tl.where(pre > 0, pre, 0.0) * tl.abs(h)
+            score = gsae_score(pre, h, beta)
         else:
             score = pre
         keys = score_keys(score, cols)
