@@ -52,8 +52,10 @@ class _Arg:
         self.dtype = dtype
 
 
-def encoder_jobs(dtype: str, k: int, *, gsae: bool, aux: bool, k_aux: int = 0, all_configs: bool = True):
-    """Builds of the fused encoder (topk_encode / gradient_topk_encode) for one dtype and k."""
+def encoder_jobs(dtype: str, k: int, *, gsae: bool, aux: bool, k_aux: int = 0, all_configs: bool = True,
+                 tf32: bool = False):
+    """Builds of the fused encoder (topk_encode / gradient_topk_encode) for one dtype and k;
+    float32 products in IEEE precision (torch's default) unless ``tf32``."""
     import torch
 
     from saekit.triton import encode_kernel as ek
@@ -66,7 +68,7 @@ def encoder_jobs(dtype: str, k: int, *, gsae: bool, aux: bool, k_aux: int = 0, a
     types |= {name: "i32" for name in ("N", "M", "d", "k", "k_aux", "m_per_split", "stride_x", "stride_w",
                                        "stride_g", "stride_wd")}
     base = {"K_PAD": ek.next_pow2(k), "KA_PAD": ek.next_pow2(k_aux) if aux else 16, "GSAE": gsae, "AUX": aux,
-            "CAST_FP32": False, "PRECISION": "tf32" if dtype == "float32" else "ieee"}
+            "CAST_FP32": False, "PRECISION": "tf32" if tf32 else "ieee"}
     configs = ek._prune(ek._configs(), {"x_ptr": _Arg(getattr(torch, dtype))}, **base)
     if not all_configs:
         configs = configs[:1]
@@ -75,7 +77,8 @@ def encoder_jobs(dtype: str, k: int, *, gsae: bool, aux: bool, k_aux: int = 0, a
         constexprs = {**base, **c.kwargs}
         constexprs["TILE"] = ek._tile(constexprs)
         label = (f"{'gradient_topk' if gsae else 'topk'}_encode {dtype} k={k}"
-                 f"{f' k_aux={k_aux}' if aux else ''} BLOCK_N={c.kwargs['BLOCK_N']} BLOCK_D={c.kwargs['BLOCK_D']}")
+                 f"{f' k_aux={k_aux}' if aux else ''}{' tf32' if tf32 else ''} BLOCK_N={c.kwargs['BLOCK_N']} "
+                 f"BLOCK_D={c.kwargs['BLOCK_D']}")
         jobs.append(Job(label, fn, _signature(fn, types, constexprs), constexprs, c.num_warps, c.num_stages))
     return jobs
 
@@ -115,6 +118,7 @@ def all_jobs(quick: bool):
         jobs += encoder_jobs(dtype, 64, gsae=True, aux=False, all_configs=not quick)
         jobs += sparse_jobs(dtype)
     jobs += encoder_jobs("bfloat16", 32, gsae=False, aux=True, k_aux=256, all_configs=not quick)
+    jobs += encoder_jobs("float32", 32, gsae=False, aux=False, all_configs=not quick, tf32=True)
     return jobs
 
 
