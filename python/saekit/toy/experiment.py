@@ -22,12 +22,10 @@ from pathlib import Path
 import torch
 
 from saekit.eval.metrics import ReconstructionMetrics, downstream_summary, mean_max_cosine
-from saekit.distributed.checkpoint import save_sharded
-from saekit.io import load_sae, save_sae
 from saekit.nn import GradientTopKSAE, TopKSAE
 from saekit.toy.model import ToyConfig, save_toy_model, train_toy_model
 from saekit.toy.source import ToySource, toy_activations
-from saekit.training.parallel import shard_saes
+from saekit.training.parallel import save_final_saes, shard_saes
 from saekit.training.trainer import TrainConfig, Trainer, TrainResult
 
 RUN_NAMES = ("topk", "gradient_topk")
@@ -134,15 +132,9 @@ def run_toy(out_dir, exp: ToyExperiment | None = None, train_cfg: TrainConfig | 
                "checkpoint": str(result.checkpoint) if result.checkpoint else None}
     if result.interrupted:
         return results
-    for name, sae in saes.items():
-        if distributed:
-            save_sharded(sae, out_dir / name, data_group=ctx.data_group)
-        else:
-            save_sae(sae, out_dir / name)
-    if not main:
+    saes = save_final_saes(saes, out_dir, ctx)
+    if saes is None:  # a rank other than 0
         return results
-    if distributed:
-        saes = {name: load_sae(out_dir / name) for name in saes}
     results["saes"] = {name: evaluate_toy(model, sae, exp) for name, sae in saes.items()}
     results["seconds"] = time.perf_counter() - t0
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 
-from saekit.io import load_sae, save_sae
 from saekit.nn import GradientTopKSAE, TopKSAE
 from saekit.training.activations import HookedActivationSource, find_module
 from saekit.training.data import TextDocuments, TokenStream
 from saekit.training.hf import default_device, load_causal_lm
-from saekit.training.parallel import shard_saes
+from saekit.training.parallel import save_final_saes, shard_saes
 from saekit.training.trainer import TrainConfig, Trainer
 
 
@@ -112,17 +111,9 @@ def train_lm(args, ctx=None) -> int:
     result = trainer.train()
     if result.interrupted:
         return _interrupted(result.checkpoint) if main else EXIT_INTERRUPTED
-    for name, sae in saes.items():
-        if ctx is None:
-            save_sae(sae, out / name)
-        else:
-            from saekit.distributed.checkpoint import save_sharded
-
-            save_sharded(sae, out / name, data_group=ctx.data_group)
-    if not main:
+    saes = save_final_saes(saes, out, ctx, device=device)
+    if saes is None:  # a rank other than 0
         return 0
-    if ctx is not None:
-        saes = {name: load_sae(out / name, device=device) for name in saes}
     n_eval = 10 if args.eval_batches is None else args.eval_batches
     eval_stream = TokenStream(docs, tokenizer, seq_len=stream.seq_len, batch_size=stream.batch_size)
     eval_stream.load_state_dict(stream.state_dict())  # the tokens after those trained on

@@ -13,6 +13,8 @@ Conventions (layout and groups: saekit.distributed.mesh):
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from saekit.training.source import ActivationBatch
@@ -73,6 +75,26 @@ def shard_saes(saes: dict, ctx) -> dict:
                              f"{tuple(SHARDED_CLASSES)}, got {arch!r}")
         out[name] = SHARDED_CLASSES[arch].from_sae(sae, group=ctx.latent_group)
     return out
+
+
+def save_final_saes(saes: dict, out_dir: Path, ctx, *, device=None) -> dict | None:
+    """Write each SAE of ``saes`` to ``out_dir/<name>`` (saekit.io.save_sae in one process; one
+    file per latent shard, every rank calling together, under torch.distributed) and return the
+    SAEs to evaluate: ``saes`` in one process, the whole SAEs read back on rank 0, None on the
+    other ranks."""
+    from saekit.io import load_sae, save_sae
+
+    if ctx is None or ctx.backend is None:
+        for name, sae in saes.items():
+            save_sae(sae, out_dir / name)
+        return saes
+    from saekit.distributed.checkpoint import save_sharded
+
+    for name, sae in saes.items():
+        save_sharded(sae, out_dir / name, data_group=ctx.data_group)
+    if not ctx.is_main:
+        return None
+    return {name: load_sae(out_dir / name, device=device) for name in saes}
 
 
 def any_rank(flag: bool, ctx, device) -> bool:
