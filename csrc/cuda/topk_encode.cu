@@ -1,13 +1,25 @@
 // CUDA TopK and gradient-TopK encode (SPEC 1 and 2), first correct version, and the encoder
 // backward.
 //
-// Forward: latents in chunks of C. Per chunk the vendor GEMM (through at::mm, float32
-// products) writes x_c @ W_enc[chunk].T (and g @ W_dec[chunk].T for g-SAE) as [N, C]; a kernel
-// adds the bias, forms the score and packs it with the latent index into one sortable int64
-// key (ties to the lower index); the running top k is the top k of the previous k keys and the
-// chunk's C keys. Working memory O((N + d) * C + N * k), C chosen so that a tile ([N, C]
-// products, or the [C, d] float32 weight chunk) stays under 256 MB, independent of M. The fused
-// GEMM-epilogue selection is the next step (issue 3).
+// Forward: latents in chunks. Per chunk the vendor GEMM writes the [N, C] float32 products
+// x @ W_enc[chunk].T (and g @ W_dec[chunk].T for g-SAE); a kernel adds the bias, forms the
+// score and packs it with the latent index into one sortable int64 key (ties to the lower
+// index). Once a row holds k keys, only keys above its k-th best can enter, so the kernel
+// writes just those candidates (about k per chunk on random data: chunk sizes grow no faster
+// than the latents already seen) and the merge is a top k of k + cap keys. A row that overflows
+// its cap makes that chunk be merged in full, so selections stay exact on any data.
+//
+// Precision: float32 inputs form (x - b_dec) in float32 and multiply in float32 (TF32 only
+// when torch allows it), as the reference does. bfloat16 / float16 inputs run the GEMM on
+// tensor cores with float32 output: pre = x @ W_enc.T + (b_enc - W_enc @ b_dec), and g is
+// rounded to the input dtype, as the Triton backend does. Both are exact whenever the products
+// are (SPEC's grid tests); elsewhere near-ties may resolve differently from the reference.
+//
+// Working memory O((N + d) * C + N * (k + slice)), C chosen so that a tile ([N, C] float32
+// products, or a [C, d] float32 weight chunk) stays under 256 MB, and full merges going
+// through [N, slice] keys with slice = max(k, min(2048, C / 4)): independent of M. The
+// environment variable SAEKIT_CUDA_ENCODE_CHUNK caps C (tests use it to exercise the merge on
+// small shapes). The fused GEMM-epilogue selection is the next step (issue 3).
 #include "checks.h"
 #include "encode_args.h"
 #include "cuda/sparse_rows.cuh"
@@ -16,9 +28,11 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <optional>
 
 namespace saekit::cuda {
@@ -27,7 +41,9 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kTileBytes = int64_t(256) << 20;
+constexpr int64_t kFirstChunk = 2048;
 constexpr uint64_t kSignBit = 0x8000000000000000ull;
+constexpr int64_t kEmptyKey = INT64_MIN;  // below every real key (see make_key)
 
 // Order-preserving bits of a float score: NaN above every number, -0 equal to +0.
 __device__ __forceinline__ uint64_t score_bits(float s) {
@@ -38,30 +54,56 @@ __device__ __forceinline__ uint64_t score_bits(float s) {
 }
 
 // Signed so that at::topk orders it: larger key = better (higher score, then lower index).
+// score_bits is never 0, so no key equals kEmptyKey.
 __device__ __forceinline__ int64_t make_key(float score, int64_t latent) {
   const uint64_t key = (score_bits(score) << 32) | uint64_t(0xFFFFFFFFu - uint32_t(latent));
   return static_cast<int64_t>(key ^ kSignBit);
 }
 
+// Where one selection (main or AuxK) writes a chunk's keys. Full: every column, at its own
+// slot (width = chunk). Filtered (thr set): only keys above the row's threshold, at slots
+// counted per row; a count above width means the row overflowed.
+struct Sink {
+  int64_t* keys = nullptr;
+  float* pre = nullptr;
+  const int64_t* thr = nullptr;
+  int* count = nullptr;
+  int64_t width = 0;
+
+  __device__ __forceinline__ void offer(int64_t row, int64_t col, int64_t key, float p) const {
+    if (keys == nullptr) return;
+    int64_t slot = col;
+    if (thr != nullptr) {
+      if (key <= thr[row]) return;
+      slot = atomicAdd(count + row, 1);
+      if (slot >= width) return;
+    }
+    keys[row * width + slot] = key;
+    pre[row * width + slot] = p;
+  }
+};
+
+// Columns [j0, j0 + cols) of a chunk whose products (and h) are [N, ld] and whose first latent
+// is c0: bias, score, keys, and each selection's sink.
 template <bool kGrad>
-__global__ void score_keys_kernel(float* __restrict__ prod, const float* __restrict__ h,
+__global__ void chunk_keys_kernel(const float* __restrict__ prod, const float* __restrict__ h,
                                   const float* __restrict__ bias, const bool* __restrict__ dead,
-                                  float beta, int64_t c0, int64_t cols, int64_t total,
-                                  int64_t* __restrict__ keys, int64_t* __restrict__ aux_keys) {
+                                  float beta, int64_t c0, int64_t ld, int64_t j0, int64_t cols,
+                                  int64_t total, Sink main, Sink aux) {
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t j = e % cols;
-    const float pre = __fadd_rn(prod[e], bias[c0 + j]);
-    prod[e] = pre;
+    const int64_t row = e / cols, j = e - row * cols, col = j0 + j, latent = c0 + col;
+    const int64_t src = row * ld + col;
+    const float pre = __fadd_rn(prod[src], bias[col]);
     float score = pre;
     if constexpr (kGrad) {
       // pre + (beta * relu(pre)) * |h|, rounded step by step like the reference (no FMA).
       const float z = (pre > 0.0f || isnan(pre)) ? pre : 0.0f;
-      score = __fadd_rn(pre, __fmul_rn(__fmul_rn(beta, z), fabsf(h[e])));
+      score = __fadd_rn(pre, __fmul_rn(__fmul_rn(beta, z), fabsf(h[src])));
     }
-    keys[e] = make_key(score, c0 + j);
-    if (aux_keys != nullptr) {
-      aux_keys[e] = dead[c0 + j] ? make_key(pre, c0 + j) : INT64_MIN;
+    main.offer(row, j, make_key(score, latent), pre);
+    if (dead != nullptr) {
+      aux.offer(row, j, dead[latent] ? make_key(pre, latent) : kEmptyKey, pre);
     }
   }
 }
@@ -70,6 +112,39 @@ __global__ void score_keys_kernel(float* __restrict__ prod, const float* __restr
 struct Running {
   at::Tensor keys, pre;
   int64_t k;
+
+  bool active() const { return k > 0; }
+  // Until a row holds k keys there is no threshold to filter by.
+  bool filters() const { return keys.defined() && keys.size(1) == k; }
+  int64_t cap() const { return 2 * k + 32; }
+
+  // Buffers for one chunk of cols latents, and the sink that fills them.
+  struct Chunk {
+    at::Tensor keys, pre, thr, count;
+    Sink sink;
+  };
+  Chunk chunk(int64_t N, int64_t cols, const at::TensorOptions& opts, bool filtered) const {
+    Chunk c;
+    const int64_t width = filtered ? cap() : cols;
+    c.keys = filtered ? at::full({N, width}, kEmptyKey, opts.dtype(at::kLong))
+                      : at::empty({N, width}, opts.dtype(at::kLong));
+    c.pre = filtered ? at::zeros({N, width}, opts.dtype(at::kFloat))
+                     : at::empty({N, width}, opts.dtype(at::kFloat));
+    c.sink.keys = c.keys.data_ptr<int64_t>();
+    c.sink.pre = c.pre.data_ptr<float>();
+    c.sink.width = width;
+    if (filtered) {
+      c.thr = keys.select(1, k - 1).contiguous();
+      c.count = at::zeros({N}, opts.dtype(at::kInt));
+      c.sink.thr = c.thr.data_ptr<int64_t>();
+      c.sink.count = c.count.data_ptr<int>();
+    }
+    return c;
+  }
+
+  static bool overflowed(const Chunk& c, int64_t cap) {
+    return c.count.defined() && c.count.max().item<int>() > cap;
+  }
 
   void merge(const at::Tensor& chunk_keys, const at::Tensor& chunk_pre) {
     auto all_keys = keys.defined() ? at::cat({keys, chunk_keys}, 1) : chunk_keys;
@@ -87,41 +162,101 @@ struct Running {
   }
 };
 
+// Largest chunk of latents: the tile budget, or SAEKIT_CUDA_ENCODE_CHUNK when it is smaller.
+int64_t max_chunk(int64_t N, int64_t d, int64_t M, int64_t tiles) {
+  // Bounded by d too: with few rows, a chunk of all M latents would copy the whole 16-bit
+  // W_enc (and W_dec) to float32.
+  int64_t C = std::max<int64_t>(1024, kTileBytes / (std::max(N, d) * 4 * tiles));
+  if (const char* env = std::getenv("SAEKIT_CUDA_ENCODE_CHUNK")) {
+    const long long cap = std::atoll(env);
+    TORCH_CHECK_VALUE(cap > 0, "SAEKIT_CUDA_ENCODE_CHUNK must be a positive integer, got '", env,
+                      "'");
+    C = std::min<int64_t>(C, cap);
+  }
+  return std::min(M, C);
+}
+
+// a @ b in float32 for a, b of one dtype: 16-bit inputs on tensor cores with float32 output
+// (aten::mm.dtype, torch >= 2.8), float32 inputs as they are.
+at::Tensor mm_float(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == at::kFloat) return at::mm(a, b);
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
+  return at::mm(a, b, at::kFloat);
+#else
+  return at::mm(a.to(at::kFloat), b.to(at::kFloat));
+#endif
+}
+
+// The products a @ W[c0 : c0 + cols].T as a contiguous [N, cols] float32 tensor.
+at::Tensor products(const at::Tensor& a, const at::Tensor& W, int64_t c0, int64_t cols) {
+  return mm_float(a, W.narrow(0, c0, cols).to(a.scalar_type()).t()).contiguous();
+}
+
 template <bool kGrad>
 void encode(const at::Tensor& x, const at::Tensor& g, const at::Tensor& W_enc,
             const at::Tensor& b_enc, const at::Tensor& W_dec, const at::Tensor& b_dec, int64_t k,
             double beta, const at::Tensor& dead, int64_t k_aux, at::Tensor& values,
             at::Tensor& indices, at::Tensor& aux_values, at::Tensor& aux_indices) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t N = x.size(0), M = W_enc.size(0);
+  const int64_t N = x.size(0), d = x.size(1), M = W_enc.size(0);
   if (N == 0) return;
-  auto xc = (x.to(at::kFloat) - b_dec.to(at::kFloat)).contiguous();
-  auto gc = kGrad ? g.to(at::kFloat).contiguous() : at::Tensor();
-  auto bias = b_enc.to(at::kFloat).contiguous();
+  const bool tensor_cores = x.scalar_type() != at::kFloat;
+  // The GEMM's left operands: x itself (the bias folded per chunk) or x - b_dec in float32.
+  auto a = tensor_cores ? x.contiguous() : (x - b_dec).contiguous();
+  auto gm = kGrad ? g.to(tensor_cores ? x.scalar_type() : at::kFloat).contiguous() : at::Tensor();
+  auto b_dec_col = b_dec.reshape({d, 1});
   auto dead_c = k_aux > 0 ? dead.contiguous() : at::Tensor();
-  const int64_t tiles = kGrad ? 2 : 1;
-  // Bounded by d too: with few rows, a chunk of all M latents would copy the whole 16-bit
-  // W_enc (and W_dec) to float32.
-  const int64_t C =
-      std::min(M, std::max<int64_t>(1024, kTileBytes / (std::max(N, x.size(1)) * 4 * tiles)));
+  const int64_t C = max_chunk(N, d, M, kGrad ? 2 : 1);
+  // Full merges go slice by slice, so their [N, slice] keys stay small whatever C is.
+  const int64_t slice = std::max(k, std::min(kFirstChunk, C / 4));
   Running top{{}, {}, k}, aux{{}, {}, k_aux};
+  const auto opts = x.options();
   auto stream = c10::cuda::getCurrentCUDAStream();
-  for (int64_t c0 = 0; c0 < M; c0 += C) {
-    const int64_t cn = std::min(C, M - c0);
-    auto prod = at::mm(xc, W_enc.narrow(0, c0, cn).to(at::kFloat).t()).contiguous();
-    auto h = kGrad ? at::mm(gc, W_dec.narrow(0, c0, cn).to(at::kFloat).t()).contiguous()
-                   : at::Tensor();
-    auto keys = at::empty({N, cn}, x.options().dtype(at::kLong));
-    auto aux_keys = k_aux > 0 ? at::empty_like(keys) : at::Tensor();
-    const int64_t total = N * cn;
+
+  at::Tensor prod, h, bias;  // the current chunk's
+  int64_t c0 = 0, cols = 0;
+  auto launch = [&](int64_t j0, int64_t n_cols, const Sink& main, const Sink& aux_sink) {
+    const int64_t total = N * n_cols;
     const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8);
-    score_keys_kernel<kGrad><<<blocks, kThreads, 0, stream>>>(
+    chunk_keys_kernel<kGrad><<<blocks, kThreads, 0, stream>>>(
         prod.data_ptr<float>(), kGrad ? h.data_ptr<float>() : nullptr, bias.data_ptr<float>(),
-        k_aux > 0 ? dead_c.data_ptr<bool>() : nullptr, static_cast<float>(beta), c0, cn, total,
-        keys.data_ptr<int64_t>(), k_aux > 0 ? aux_keys.data_ptr<int64_t>() : nullptr);
+        k_aux > 0 ? dead_c.data_ptr<bool>() : nullptr, static_cast<float>(beta), c0, cols, j0,
+        n_cols, total, main, aux_sink);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    top.merge(keys, prod);
-    if (k_aux > 0) aux.merge(aux_keys, prod);
+  };
+  // The filtered candidates when they fit; else every key of the chunk, slice by slice.
+  auto settle = [&](Running& r, const std::optional<Running::Chunk>& filtered, bool is_aux) {
+    if (filtered && !Running::overflowed(*filtered, r.cap())) {
+      r.merge(filtered->keys, filtered->pre);
+      return;
+    }
+    for (int64_t j0 = 0; j0 < cols; j0 += slice) {
+      const int64_t n_cols = std::min(slice, cols - j0);
+      auto full = r.chunk(N, n_cols, opts, false);
+      launch(j0, n_cols, is_aux ? Sink{} : full.sink, is_aux ? full.sink : Sink{});
+      r.merge(full.keys, full.pre);
+    }
+  };
+
+  // Chunks grow with the latents seen so far, so a filtered chunk expects at most about k
+  // candidates per row.
+  cols = std::min(C, std::max(kFirstChunk, 4 * k));
+  for (; c0 < M; c0 += cols, cols = std::min(C, c0)) {
+    cols = std::min(cols, M - c0);
+    prod = products(a, W_enc, c0, cols);
+    h = kGrad ? products(gm, W_dec, c0, cols) : at::Tensor();
+    bias = b_enc.narrow(0, c0, cols).to(at::kFloat);
+    if (tensor_cores) bias = bias - mm_float(W_enc.narrow(0, c0, cols), b_dec_col).squeeze(1);
+    bias = bias.contiguous();
+    // One launch fills both selections' candidates where each already has a threshold.
+    std::optional<Running::Chunk> main_cand, aux_cand;
+    if (top.filters()) main_cand = top.chunk(N, cols, opts, true);
+    if (aux.active() && aux.filters()) aux_cand = aux.chunk(N, cols, opts, true);
+    if (main_cand || aux_cand) {
+      launch(0, cols, main_cand ? main_cand->sink : Sink{}, aux_cand ? aux_cand->sink : Sink{});
+    }
+    settle(top, main_cand, false);
+    if (aux.active()) settle(aux, aux_cand, true);
   }
   top.write(values, indices);
   aux.write(aux_values, aux_indices);

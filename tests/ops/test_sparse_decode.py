@@ -4,7 +4,9 @@ import torch
 from saekit.ops import sparse_decode
 from tests.ops.cases import shape_id, DEVICES_BACKENDS, DTYPES, assert_close_to_oracle, grads, leaves, require
 
-SHAPES = [(33, 16, 40, 5), (7, 8, 13, 13), (5, 4, 9, 1), (0, 8, 16, 4), (64, 100, 3001, 32)]
+# d = 6 and 100 are not multiples of the CUDA kernels' 8-wide 16-bit packs; d = 6 not of their
+# 4-wide float32 ones either.
+SHAPES = [(33, 16, 40, 5), (7, 8, 13, 13), (5, 4, 9, 1), (0, 8, 16, 4), (64, 100, 3001, 32), (9, 6, 50, 3)]
 
 
 def _inputs(N, d, M, k, dtype, seed=0, device="cpu"):
@@ -42,6 +44,27 @@ def test_matches_reference(device, backend, dtype, shape):
                               grads([expect], ref, [up]), grads([oracle], ref64, [up])):
         assert a.dtype == dtype
         assert_close_to_oracle(a, bb, c, name)
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rows_off_a_16_byte_boundary(device, backend, dtype):
+    """W_dec and grad_out as contiguous views that start one element into their storage: the
+    CUDA kernels' 16-byte loads must not be taken for them."""
+    N, d, M, k = 12, 16, 30, 4
+    v, idx, W, b = _inputs(N, d, M, k, dtype, seed=2, device=device)
+    W_off = torch.empty(M * d + 1, dtype=dtype, device=device)[1:].view(M, d).copy_(W)
+    up = torch.randn(N * d + 1, generator=torch.Generator().manual_seed(3)).to(device)[1:].view(N, d)
+
+    def run(weights, backend_):
+        leaf_v = v.clone().requires_grad_(True)
+        weights.requires_grad_(True)
+        out = sparse_decode(leaf_v, idx, weights, b, backend=backend_)
+        out.float().backward(up)
+        return out, leaf_v.grad, weights.grad
+
+    for a, r in zip(run(W_off, backend), run(W.clone(), "reference")):
+        torch.testing.assert_close(a.float(), r.float(), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
