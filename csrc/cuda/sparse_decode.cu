@@ -3,7 +3,7 @@
 // Each primitive has a vector kernel, whose threads move 16 bytes per load (8 bf16/fp16, 4
 // fp32), taken whenever d is a multiple of the vector width and the rows are 16-byte aligned,
 // and a scalar kernel for the rest. Both sum over j (or over a latent's entries) in the same
-// order.
+// order, except gather_dot, whose lanes split the columns differently.
 #include "cuda/sparse_rows.cuh"
 #include "sparse_ops.h"
 

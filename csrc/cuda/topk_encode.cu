@@ -12,7 +12,8 @@
 // Precision: float32 inputs form (x - b_dec) in float32 and multiply in float32 (TF32 only
 // when torch allows it), as the reference does. bfloat16 / float16 inputs run the GEMM on
 // tensor cores with float32 output: pre = x @ W_enc.T + (b_enc - W_enc @ b_dec), and g is
-// rounded to the input dtype, as the Triton backend does. Both are exact whenever the products
+// rounded to the input dtype, as the Triton backend does (for float16 after scaling each row by
+// a power of two into range, so that large gradients do not overflow nor small ones vanish). Both are exact whenever the products
 // are (SPEC's grid tests); elsewhere near-ties may resolve differently from the reference.
 //
 // Working memory O((N + d) * C + N * (k + slice)), C chosen so that a tile ([N, C] float32
@@ -27,6 +28,7 @@
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/version.h>
 
@@ -87,6 +89,7 @@ struct Sink {
 // is c0: bias, score, keys, and each selection's sink.
 template <bool kGrad>
 __global__ void chunk_keys_kernel(const float* __restrict__ prod, const float* __restrict__ h,
+                                  const float* __restrict__ h_scale,
                                   const float* __restrict__ bias, const bool* __restrict__ dead,
                                   float beta, int64_t c0, int64_t ld, int64_t j0, int64_t cols,
                                   int64_t total, Sink main, Sink aux) {
@@ -99,7 +102,9 @@ __global__ void chunk_keys_kernel(const float* __restrict__ prod, const float* _
     if constexpr (kGrad) {
       // pre + (beta * relu(pre)) * |h|, rounded step by step like the reference (no FMA).
       const float z = (pre > 0.0f || isnan(pre)) ? pre : 0.0f;
-      score = __fadd_rn(pre, __fmul_rn(__fmul_rn(beta, z), fabsf(h[src])));
+      // h_scale: the power of two g's row was divided by (exact), or none.
+      const float abs_h = h_scale ? fabsf(h[src]) * h_scale[row] : fabsf(h[src]);
+      score = __fadd_rn(pre, __fmul_rn(__fmul_rn(beta, z), abs_h));
     }
     main.offer(row, j, make_key(score, latent), pre);
     if (dead != nullptr) {
@@ -128,8 +133,7 @@ struct Running {
     const int64_t width = filtered ? cap() : cols;
     c.keys = filtered ? at::full({N, width}, kEmptyKey, opts.dtype(at::kLong))
                       : at::empty({N, width}, opts.dtype(at::kLong));
-    c.pre = filtered ? at::zeros({N, width}, opts.dtype(at::kFloat))
-                     : at::empty({N, width}, opts.dtype(at::kFloat));
+    c.pre = at::empty({N, width}, opts.dtype(at::kFloat));
     c.sink.keys = c.keys.data_ptr<int64_t>();
     c.sink.pre = c.pre.data_ptr<float>();
     c.sink.width = width;
@@ -142,8 +146,9 @@ struct Running {
     return c;
   }
 
-  static bool overflowed(const Chunk& c, int64_t cap) {
-    return c.count.defined() && c.count.max().item<int>() > cap;
+  // The largest candidate count of any row, on the device.
+  static at::Tensor most(const std::optional<Chunk>& c, const at::TensorOptions& opts) {
+    return c ? c->count.max() : at::zeros({}, opts.dtype(at::kInt));
   }
 
   void merge(const at::Tensor& chunk_keys, const at::Tensor& chunk_pre) {
@@ -168,23 +173,26 @@ int64_t max_chunk(int64_t N, int64_t d, int64_t M, int64_t tiles) {
   // W_enc (and W_dec) to float32.
   int64_t C = std::max<int64_t>(1024, kTileBytes / (std::max(N, d) * 4 * tiles));
   if (const char* env = std::getenv("SAEKIT_CUDA_ENCODE_CHUNK")) {
-    const long long cap = std::atoll(env);
-    TORCH_CHECK_VALUE(cap > 0, "SAEKIT_CUDA_ENCODE_CHUNK must be a positive integer, got '", env,
-                      "'");
+    char* end = nullptr;
+    const long long cap = std::strtoll(env, &end, 10);
+    TORCH_CHECK_VALUE(end != env && *end == '\0' && cap > 0,
+                      "SAEKIT_CUDA_ENCODE_CHUNK must be a positive integer, got '", env, "'");
     C = std::min<int64_t>(C, cap);
   }
   return std::min(M, C);
 }
 
 // a @ b in float32 for a, b of one dtype: 16-bit inputs on tensor cores with float32 output
-// (aten::mm.dtype, torch >= 2.8), float32 inputs as they are.
+// (aten::mm.dtype, torch >= 2.8, which refuses float16 when the user allowed float16
+// accumulation), float32 inputs as they are.
 at::Tensor mm_float(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() == at::kFloat) return at::mm(a, b);
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
-  return at::mm(a, b, at::kFloat);
-#else
-  return at::mm(a.to(at::kFloat), b.to(at::kFloat));
+  if (a.scalar_type() != at::kHalf || !at::globalContext().allowFP16AccumulationCuBLAS()) {
+    return at::mm(a, b, at::kFloat);
+  }
 #endif
+  return at::mm(a.to(at::kFloat), b.to(at::kFloat));
 }
 
 // The products a @ W[c0 : c0 + cols].T as a contiguous [N, cols] float32 tensor.
@@ -203,7 +211,16 @@ void encode(const at::Tensor& x, const at::Tensor& g, const at::Tensor& W_enc,
   const bool tensor_cores = x.scalar_type() != at::kFloat;
   // The GEMM's left operands: x itself (the bias folded per chunk) or x - b_dec in float32.
   auto a = tensor_cores ? x.contiguous() : (x - b_dec).contiguous();
-  auto gm = kGrad ? g.to(tensor_cores ? x.scalar_type() : at::kFloat).contiguous() : at::Tensor();
+  // g as the h product's left operand, and for float16 the power of two each row was divided by.
+  at::Tensor gm, g_scale;
+  if (kGrad && x.scalar_type() == at::kHalf) {
+    auto gf = g.to(at::kFloat);
+    g_scale = at::ldexp(at::ones({N, 1}, gf.options()), std::get<1>(at::frexp(gf.abs().amax(1, true))));
+    gm = (gf / g_scale).to(at::kHalf).contiguous();
+    g_scale = g_scale.reshape({N}).contiguous();
+  } else if (kGrad) {
+    gm = g.to(tensor_cores ? x.scalar_type() : at::kFloat).contiguous();
+  }
   auto b_dec_col = b_dec.reshape({d, 1});
   auto dead_c = k_aux > 0 ? dead.contiguous() : at::Tensor();
   const int64_t C = max_chunk(N, d, M, kGrad ? 2 : 1);
@@ -219,14 +236,16 @@ void encode(const at::Tensor& x, const at::Tensor& g, const at::Tensor& W_enc,
     const int64_t total = N * n_cols;
     const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8);
     chunk_keys_kernel<kGrad><<<blocks, kThreads, 0, stream>>>(
-        prod.data_ptr<float>(), kGrad ? h.data_ptr<float>() : nullptr, bias.data_ptr<float>(),
+        prod.data_ptr<float>(), kGrad ? h.data_ptr<float>() : nullptr,
+        g_scale.defined() ? g_scale.data_ptr<float>() : nullptr, bias.data_ptr<float>(),
         k_aux > 0 ? dead_c.data_ptr<bool>() : nullptr, static_cast<float>(beta), c0, cols, j0,
         n_cols, total, main, aux_sink);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   // The filtered candidates when they fit; else every key of the chunk, slice by slice.
-  auto settle = [&](Running& r, const std::optional<Running::Chunk>& filtered, bool is_aux) {
-    if (filtered && !Running::overflowed(*filtered, r.cap())) {
+  auto settle = [&](Running& r, const std::optional<Running::Chunk>& filtered, bool overflowed,
+                    bool is_aux) {
+    if (filtered && !overflowed) {
       r.merge(filtered->keys, filtered->pre);
       return;
     }
@@ -252,11 +271,16 @@ void encode(const at::Tensor& x, const at::Tensor& g, const at::Tensor& W_enc,
     std::optional<Running::Chunk> main_cand, aux_cand;
     if (top.filters()) main_cand = top.chunk(N, cols, opts, true);
     if (aux.active() && aux.filters()) aux_cand = aux.chunk(N, cols, opts, true);
+    bool main_over = false, aux_over = false;
     if (main_cand || aux_cand) {
       launch(0, cols, main_cand ? main_cand->sink : Sink{}, aux_cand ? aux_cand->sink : Sink{});
+      // One host sync per chunk: did any row overflow its cap?
+      auto most = at::stack({Running::most(main_cand, opts), Running::most(aux_cand, opts)}).cpu();
+      main_over = most[0].item<int>() > top.cap();
+      aux_over = most[1].item<int>() > aux.cap();
     }
-    settle(top, main_cand, false);
-    if (aux.active()) settle(aux, aux_cand, true);
+    settle(top, main_cand, main_over, false);
+    if (aux.active()) settle(aux, aux_cand, aux_over, true);
   }
   top.write(values, indices);
   aux.write(aux_values, aux_indices);

@@ -79,3 +79,15 @@ def assert_close_to_oracle(out, low_precision_ref, oracle, name, rel=1e-5):
 def reference_encoder_oracle(x, W, be, bd, k, **kw):
     """The reference backend on float64 copies: the oracle for values and gradients."""
     return reference.topk_encode(*(t.double() for t in (x, W, be, bd)), k, **kw)
+
+
+def far_gradient_case(power, N=24, d=16, M=200, seed=3, device="cpu", dtype=torch.float16):
+    """g-SAE inputs whose gradient is grid data times 2**power (beyond float16's range for
+    power = 20, below its smallest subnormal for power = -30), with beta = 2**-power, so that
+    the gradient term is as large as for an unscaled gradient and every product stays exact:
+    (x, grad [float32], W_enc, b_enc, W_dec, b_dec), beta."""
+    x, W, be, bd = encoder_inputs(N, d, M, dtype, seed=seed, device=device)
+    g = torch.Generator().manual_seed(seed + 1)
+    grad = (grid((N, d), g) * 2.0**power).to(device, torch.float32)
+    W_dec = grid((M, d), g).to(device, dtype)
+    return (x, grad, W, be, W_dec, bd), 2.0**-power

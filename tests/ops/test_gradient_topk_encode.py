@@ -8,6 +8,7 @@ from tests.ops.cases import (
     DTYPES,
     assert_close_to_oracle,
     encoder_inputs,
+    far_gradient_case,
     grads,
     grid,
     leaves,
@@ -130,3 +131,18 @@ def test_nan_scores_match_reference(device, backend):
     assert out.indices[:, :2].tolist() == [[4, 17]] * N
     assert torch.equal(out.indices, expect.indices)
     torch.testing.assert_close(out.values, expect.values, equal_nan=True)
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+@pytest.mark.parametrize("power", [20, -30])
+def test_float16_gradients_outside_float16_range(device, backend, power):
+    """A float16 SAE with gradients beyond float16's range (loss scaling) or below its smallest
+    subnormal: the backends that round g to float16 must neither overflow it nor flush it."""
+    args, beta = far_gradient_case(power, device=device)
+    k = 7
+    out = gradient_topk_encode(*args, k, beta=beta, backend=backend)
+    expect = gradient_topk_encode(*args, k, beta=beta, backend="reference")
+    plain = topk_encode(args[0], args[2], args[3], args[5], k, backend="reference")
+    assert not torch.equal(expect.indices, plain.indices)  # the gradient term decides here
+    assert torch.equal(out.indices, expect.indices)
+    assert torch.equal(out.values, expect.values)

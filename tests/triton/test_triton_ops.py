@@ -366,3 +366,16 @@ def test_compiles_without_graph_breaks(device):
     torch.testing.assert_close(loss, expected)
     for a, b in zip(torch.autograd.grad(loss, (W, be, W_dec)), torch.autograd.grad(expected, (W, be, W_dec))):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("power", [20, -30])
+def test_float16_gradients_outside_float16_range(device, power):
+    """g is rounded to float16 for the h product: rows scaled by powers of two first, so that
+    gradients beyond float16's range neither overflow nor flush to zero."""
+    from tests.ops.cases import far_gradient_case
+
+    args, beta = far_gradient_case(power, device=device)
+    out = gradient_topk_encode(*args, 7, beta=beta, backend="triton")
+    expect = gradient_topk_encode(*args, 7, beta=beta, backend="reference")
+    assert torch.equal(out.indices, expect.indices)
+    assert torch.equal(out.values, expect.values)

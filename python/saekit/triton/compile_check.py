@@ -62,12 +62,14 @@ def encoder_jobs(dtype: str, k: int, *, gsae: bool, aux: bool, k_aux: int = 0, a
 
     fn = _jit(ek._topk_encode_fwd_kernel)
     t = DTYPES[dtype]
-    types = {"x_ptr": f"*{t}", "W_ptr": f"*{t}", "c_ptr": "*fp32", "g_ptr": f"*{t}", "Wd_ptr": f"*{t}",
+    types = {"x_ptr": f"*{t}", "W_ptr": f"*{t}", "c_ptr": "*fp32", "g_ptr": f"*{t}", "gs_ptr": "*fp32",
+             "Wd_ptr": f"*{t}",
              "dead_ptr": "*u8" if aux else "*fp32", "keys_ptr": "*i64", "aux_keys_ptr": "*i64",
              "beta": "fp32"}
     types |= {name: "i32" for name in ("N", "M", "d", "k", "k_aux", "m_per_split", "stride_x", "stride_w",
                                        "stride_g", "stride_wd")}
-    base = {"K_PAD": ek.next_pow2(k), "KA_PAD": ek.next_pow2(k_aux) if aux else 16, "GSAE": gsae, "AUX": aux,
+    base = {"K_PAD": ek.next_pow2(k), "KA_PAD": ek.next_pow2(k_aux) if aux else 16, "GSAE": gsae,
+            "G_SCALED": gsae and dtype == "float16", "AUX": aux,
             "CAST_FP32": False, "PRECISION": "tf32" if tf32 else "ieee"}
     configs = ek._prune(ek._configs(), {"x_ptr": _Arg(getattr(torch, dtype))}, **base)
     if not all_configs:

@@ -115,10 +115,10 @@ def _product_tile(a_ptr, stride_a, rows, row_ok, W_ptr, stride_w, cols, col_ok, 
 @triton.heuristics({"TILE": _tile})
 @triton.jit
 def _topk_encode_fwd_kernel(
-    x_ptr, W_ptr, c_ptr, g_ptr, Wd_ptr, dead_ptr, keys_ptr, aux_keys_ptr,
+    x_ptr, W_ptr, c_ptr, g_ptr, gs_ptr, Wd_ptr, dead_ptr, keys_ptr, aux_keys_ptr,
     N, M, d, k, k_aux, m_per_split, beta,
     stride_x, stride_w, stride_g, stride_wd,
-    K_PAD: tl.constexpr, KA_PAD: tl.constexpr, GSAE: tl.constexpr, AUX: tl.constexpr,
+    K_PAD: tl.constexpr, KA_PAD: tl.constexpr, GSAE: tl.constexpr, G_SCALED: tl.constexpr, AUX: tl.constexpr,
     CAST_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, TILE: tl.constexpr,
 ):
@@ -142,6 +142,8 @@ def _topk_encode_fwd_kernel(
         if GSAE:
             h = _product_tile(g_ptr, stride_g, rows, row_ok, Wd_ptr, stride_wd, cols, col_ok, d,
                               BLOCK_N, TILE, BLOCK_D, CAST_FP32, PRECISION)
+            if G_SCALED:  # g's rows were divided by these powers of two (exact)
+                h = h * tl.load(gs_ptr + rows, mask=row_ok, other=1.0)[:, None]
             score = gsae_score(pre, h, beta)
         else:
             score = pre
@@ -195,11 +197,13 @@ def next_pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def select_keys(x, W_enc, c, k, *, g=None, W_dec=None, beta=0.0, dead=None, k_aux=0, splits=None):
+def select_keys(x, W_enc, c, k, *, g=None, g_scale=None, W_dec=None, beta=0.0, dead=None, k_aux=0,
+                splits=None):
     """Candidate keys of the fused encoder.
 
     x [N, d], W_enc [M, d], c [M] float32 (folded bias); for g-SAE g [N, d] and W_dec [M, d]
-    (same dtype as x) and beta; for AuxK dead [M] bool and k_aux. All contiguous.
+    (same dtype as x), optionally g_scale [N] float32 (powers of two that g's rows were divided
+    by) and beta; for AuxK dead [M] bool and k_aux. All contiguous.
 
     Returns (keys [N, S, K_PAD], aux_keys [N, S, KA_PAD] or None) int64, each split's best keys
     sorted descending; K_PAD = next_pow2(k), KA_PAD = next_pow2(k_aux), S = splits.
@@ -215,11 +219,11 @@ def select_keys(x, W_enc, c, k, *, g=None, W_dec=None, beta=0.0, dead=None, k_au
         return keys, aux_keys
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), S)
     _topk_encode_fwd_kernel[grid](
-        x, W_enc, c, g if gsae else x, W_dec if gsae else W_enc,
+        x, W_enc, c, g if gsae else x, g_scale if g_scale is not None else c, W_dec if gsae else W_enc,
         dead.view(torch.uint8) if aux else c, keys, aux_keys if aux else keys,
         N, M, d, k, k_aux if aux else 0, triton.cdiv(M, S), float(beta),
         x.stride(0), W_enc.stride(0), (g if gsae else x).stride(0), (W_dec if gsae else W_enc).stride(0),
-        K_PAD=K_PAD, KA_PAD=KA_PAD, GSAE=gsae, AUX=aux,
+        K_PAD=K_PAD, KA_PAD=KA_PAD, GSAE=gsae, G_SCALED=gsae and g_scale is not None, AUX=aux,
         CAST_FP32=INTERPRETED, PRECISION=_precision(x.dtype),
     )
     return keys, aux_keys

@@ -35,6 +35,18 @@ def _merge_splits(keys: Tensor, k: int) -> Tensor:
     return torch.topk(keys.view(N, S * K_PAD), k, dim=1).values
 
 
+def g_operand(g: Tensor, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
+    """g [N, d] rounded to dtype so that h = g @ W_dec.T runs on tensor cores, and None; for
+    float16, whose range is narrow, each row is first divided by a power of two that brings its
+    largest entry into [0.5, 1) (exact), and those powers come back as [N] float32 to multiply
+    h by, so that large gradients do not overflow nor small ones flush to zero."""
+    if dtype != torch.float16:
+        return g.to(dtype), None
+    g = g.float()
+    scale = torch.ldexp(torch.ones(g.shape[0], 1, device=g.device), torch.frexp(g.abs().amax(1, keepdim=True))[1])
+    return (g / scale).to(dtype), scale.reshape(-1).contiguous()
+
+
 def _inputs(*tensors):
     return [t.contiguous() for t in tensors]
 
@@ -72,12 +84,12 @@ def _(x, W_enc, b_enc, b_dec, k, dead, k_aux):
 def _gradient_topk_encode_op(
     x: Tensor, g: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int, beta: float
 ) -> tuple[Tensor, Tensor]:
-    # g is rounded to the weights' dtype so that h = g @ W_dec.T runs on tensor cores.
-    x, g, W_enc, b_enc, W_dec, b_dec = _inputs(x, g.to(W_dec.dtype), W_enc, b_enc, W_dec, b_dec)
+    g, g_scale = g_operand(g, W_dec.dtype)
+    x, g, W_enc, b_enc, W_dec, b_dec = _inputs(x, g, W_enc, b_enc, W_dec, b_dec)
     if W_enc.shape[0] > LOW_BASE:
         raise ValueError(f"the triton backend packs latent indices in 31 bits; M = {W_enc.shape[0]} is too large")
     c = folded_bias(W_enc, b_enc, b_dec)
-    keys, _ = select_keys(x, W_enc, c, k, g=g, W_dec=W_dec, beta=beta)
+    keys, _ = select_keys(x, W_enc, c, k, g=g, g_scale=g_scale, W_dec=W_dec, beta=beta)
     indices = key_latents(_merge_splits(keys, k))
     # The keys hold scores; the values are the plain activations at the selection.
     values = torch.relu(gather_dot(x, indices, W_enc, c)).to(x.dtype)
