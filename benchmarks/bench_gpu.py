@@ -9,6 +9,9 @@ before a GPU run does (tests/bench/test_bench_gpu_script.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 
 import saekit
@@ -20,6 +23,26 @@ from saekit.ops import dispatch
 N = 8192
 SHAPES = ((768, 24576, 32), (4096, 131072, 64))
 GPU_BACKENDS = ("cuda", "triton")
+# The CUDA encoder with its selection on the caller's stream, to measure what the overlap buys.
+SERIAL = "cuda-serial"
+
+
+@contextlib.contextmanager
+def variant(name):
+    """The saekit backend name for a row's label, with SAEKIT_CUDA_ENCODE_OVERLAP=0 set around
+    the block for the serial CUDA variant."""
+    if name != SERIAL:
+        yield name
+        return
+    old = os.environ.get("SAEKIT_CUDA_ENCODE_OVERLAP")
+    os.environ["SAEKIT_CUDA_ENCODE_OVERLAP"] = "0"
+    try:
+        yield "cuda"
+    finally:
+        if old is None:
+            del os.environ["SAEKIT_CUDA_ENCODE_OVERLAP"]
+        else:
+            os.environ["SAEKIT_CUDA_ENCODE_OVERLAP"] = old
 
 
 def sae_step(x, M, k, backend):
@@ -61,30 +84,39 @@ def shape_rows(d, M, k, n, device, backends, bw):
     dense_peak = common.measure_peak(lambda: torch.topk(x @ W_enc.T, k, dim=1), dev)
     ref_step = sae_step(x, M, k, "reference")
     rows = []
-    for backend in backends:
-        enc = common.bench("enc", lambda i: saekit.topk_encode(x, W_enc, b_enc, b_dec, k, backend=backend),
-                           device=dev)
-        genc = common.bench("genc", lambda i: saekit.gradient_topk_encode(
-            x, grad, W_enc, b_enc, W_dec, b_dec, k, backend=backend), device=dev)
-        code = saekit.topk_encode(x, W_enc, b_enc, b_dec, k, backend=backend)
-        v = code.values.detach().requires_grad_(True)
-        Wd = W_dec.detach().requires_grad_(True)
-        up = torch.randn(n, d, device=device, dtype=torch.bfloat16)
-
-        def dec(i):
-            out = saekit.sparse_decode(v, code.indices, Wd, b_dec, backend=backend)
-            return torch.autograd.grad(out, (v, Wd), up)
-
-        t = common.bench("dec", dec, device=dev)
-        step = sae_step(x, M, k, backend)
-        rows.append(dict(
-            d=d, M=M, k=k, backend=backend, encode_over_gemm=enc.median_s / gemm.median_s,
-            gsae_over_two_gemms=genc.median_s / gemm2.median_s,
-            peak_over_dense=(enc.peak_bytes or 0) / max(dense_peak or 1, 1),
-            decode_bandwidth_fraction=floors.decode_bytes(n, d, M, k, 2) / t.median_s / bw,
-            step_ms=None if step is None else step * 1e3,
-            reference_over_step=None if step is None or ref_step is None else ref_step / step))
+    for label in backends:
+        with variant(label) as backend:
+            rows.append(backend_row(label, backend, x, grad, W_enc, b_enc, W_dec, b_dec, k, gemm, gemm2,
+                                    dense_peak, ref_step, bw))
     return rows
+
+
+def backend_row(label, backend, x, grad, W_enc, b_enc, W_dec, b_dec, k, gemm, gemm2, dense_peak, ref_step, bw):
+    """The ratios of one backend (saekit name `backend`, reported as `label`) at one shape,
+    against that shape's GEMM timings, dense peak memory and reference step."""
+    (n, d), M, dev = x.shape, W_enc.shape[0], str(x.device)
+    enc = common.bench("enc", lambda i: saekit.topk_encode(x, W_enc, b_enc, b_dec, k, backend=backend),
+                       device=dev)
+    genc = common.bench("genc", lambda i: saekit.gradient_topk_encode(
+        x, grad, W_enc, b_enc, W_dec, b_dec, k, backend=backend), device=dev)
+    code = saekit.topk_encode(x, W_enc, b_enc, b_dec, k, backend=backend)
+    v = code.values.detach().requires_grad_(True)
+    Wd = W_dec.detach().requires_grad_(True)
+    up = torch.randn(n, d, device=x.device, dtype=torch.bfloat16)
+
+    def dec(i):
+        out = saekit.sparse_decode(v, code.indices, Wd, b_dec, backend=backend)
+        return torch.autograd.grad(out, (v, Wd), up)
+
+    t = common.bench("dec", dec, device=dev)
+    step = sae_step(x, M, k, backend)
+    return dict(
+        d=d, M=M, k=k, backend=label, encode_over_gemm=enc.median_s / gemm.median_s,
+        gsae_over_two_gemms=genc.median_s / gemm2.median_s,
+        peak_over_dense=(enc.peak_bytes or 0) / max(dense_peak or 1, 1),
+        decode_bandwidth_fraction=floors.decode_bytes(n, d, M, k, 2) / t.median_s / bw,
+        step_ms=None if step is None else step * 1e3,
+        reference_over_step=None if step is None or ref_step is None else ref_step / step)
 
 
 def run(device="cuda", n=N, shapes=SHAPES, backends=None, stem=None):
@@ -92,6 +124,8 @@ def run(device="cuda", n=N, shapes=SHAPES, backends=None, stem=None):
     device = torch.device(device)
     if backends is None:
         backends = [b for b in GPU_BACKENDS if dispatch.supports(b, "topk_encode", device, torch.bfloat16) is None]
+        if "cuda" in backends:
+            backends.insert(backends.index("cuda") + 1, SERIAL)
     bw = floors.copy_bandwidth(device)
     lines = [f"# saekit GPU benchmark, bfloat16, N={n}", "", str(common.provenance(str(device))), "",
              f"measured copy bandwidth: {bw / 1e12:.2f} TB/s", "",

@@ -13,14 +13,19 @@
 // when torch allows it), as the reference does. bfloat16 / float16 inputs run the GEMM on
 // tensor cores with float32 output: pre = x @ W_enc.T + (b_enc - W_enc @ b_dec), and g is
 // rounded to the input dtype, as the Triton backend does (for float16 after scaling each row by
-// a power of two into range, so that large gradients do not overflow nor small ones vanish). Both are exact whenever the products
-// are (SPEC's grid tests); elsewhere near-ties may resolve differently from the reference.
+// a power of two into range, so that large gradients do not overflow nor small ones vanish).
+// Both are exact whenever the products are (SPEC's grid tests); elsewhere near-ties may
+// resolve differently from the reference.
+//
+// The selection of chunk i runs on a second stream while chunk i + 1's GEMM runs on the
+// caller's (SAEKIT_CUDA_ENCODE_OVERLAP=0 keeps both on the caller's stream).
 //
 // Working memory O((N + d) * C + N * (k + slice)), C chosen so that a tile ([N, C] float32
-// products, or a [C, d] float32 weight chunk) stays under 256 MB, and full merges going
-// through [N, slice] keys with slice = max(k, min(2048, C / 4)): independent of M. The
-// environment variable SAEKIT_CUDA_ENCODE_CHUNK caps C (tests use it to exercise the merge on
-// small shapes). The fused GEMM-epilogue selection is the next step (issue 3).
+// products, or a [C, d] float32 weight chunk) stays under 256 MB (up to three chunks' tiles
+// are alive at a time), and full merges going through [N, slice] keys with slice = max(k, min(2048,
+// C / 4)): independent of M. The environment variable SAEKIT_CUDA_ENCODE_CHUNK caps C (tests
+// use it to exercise the merge on small shapes). The fused GEMM-epilogue selection is the next
+// step (issue 3).
 #include "checks.h"
 #include "encode_args.h"
 #include "cuda/sparse_rows.cuh"
@@ -36,6 +41,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <optional>
+#include <string>
 
 namespace saekit::cuda {
 
@@ -123,13 +129,13 @@ struct Running {
   bool filters() const { return keys.defined() && keys.size(1) == k; }
   int64_t cap() const { return 2 * k + 32; }
 
-  // Buffers for one chunk of cols latents, and the sink that fills them.
-  struct Chunk {
+  // Buffers for one chunk (or slice) of cols latents, and the sink that fills them.
+  struct Buffers {
     at::Tensor keys, pre, thr, count;
     Sink sink;
   };
-  Chunk chunk(int64_t N, int64_t cols, const at::TensorOptions& opts, bool filtered) const {
-    Chunk c;
+  Buffers buffers(int64_t N, int64_t cols, const at::TensorOptions& opts, bool filtered) const {
+    Buffers c;
     const int64_t width = filtered ? cap() : cols;
     c.keys = filtered ? at::full({N, width}, kEmptyKey, opts.dtype(at::kLong))
                       : at::empty({N, width}, opts.dtype(at::kLong));
@@ -147,7 +153,7 @@ struct Running {
   }
 
   // The largest candidate count of any row, on the device.
-  static at::Tensor most(const std::optional<Chunk>& c, const at::TensorOptions& opts) {
+  static at::Tensor most(const std::optional<Buffers>& c, const at::TensorOptions& opts) {
     return c ? c->count.max() : at::zeros({}, opts.dtype(at::kInt));
   }
 
@@ -200,90 +206,194 @@ at::Tensor products(const at::Tensor& a, const at::Tensor& W, int64_t c0, int64_
   return mm_float(a, W.narrow(0, c0, cols).to(a.scalar_type()).t()).contiguous();
 }
 
+// Whether the selection runs on a second stream, overlapping the next chunk's GEMM: on unless
+// SAEKIT_CUDA_ENCODE_OVERLAP is "0".
+bool overlap_enabled() {
+  const char* env = std::getenv("SAEKIT_CUDA_ENCODE_OVERLAP");
+  if (env == nullptr) return true;
+  const std::string v(env);
+  TORCH_CHECK_VALUE(v == "0" || v == "1", "SAEKIT_CUDA_ENCODE_OVERLAP must be 0 or 1, got '", v,
+                    "'");
+  return v == "1";
+}
+
+// A cudaEvent_t that lives as long as the object.
+class Event {
+ public:
+  Event() { C10_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
+  ~Event() { cudaEventDestroy(event_); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  // Work later enqueued on `waiter` waits for what is now enqueued on `from`.
+  void order(const c10::cuda::CUDAStream& from, const c10::cuda::CUDAStream& waiter) {
+    if (from == waiter) return;
+    C10_CUDA_CHECK(cudaEventRecord(event_, from.stream()));
+    C10_CUDA_CHECK(cudaStreamWaitEvent(waiter.stream(), event_, 0));
+  }
+
+ private:
+  cudaEvent_t event_;
+};
+
+// One forward pass. The GEMMs run on the caller's stream; the selection on `side` (a pool
+// stream with overlap, else the same stream). Chunk i's candidates are merged while chunk
+// i + 1's GEMM runs, so up to three chunks' products are alive at a time (the third being
+// allocated while the GEMM before it still runs).
+template <bool kGrad>
+class Encoder {
+ public:
+  Encoder(const at::Tensor& x, const at::Tensor& g, const at::Tensor& W_enc,
+          const at::Tensor& b_enc, const at::Tensor& W_dec, const at::Tensor& b_dec, int64_t k,
+          double beta, const at::Tensor& dead, int64_t k_aux)
+      : N_(x.size(0)), M_(W_enc.size(0)), tensor_cores_(x.scalar_type() != at::kFloat),
+        W_enc_(W_enc), b_enc_(b_enc), W_dec_(W_dec), beta_(static_cast<float>(beta)),
+        top_{{}, {}, k}, aux_{{}, {}, k_aux}, opts_(x.options()),
+        main_(c10::cuda::getCurrentCUDAStream()),
+        side_(overlap_enabled() ? c10::cuda::getStreamFromPool(false, x.device().index())
+                                : main_) {
+    const int64_t d = x.size(1);
+    // The GEMM's left operands: x itself (the bias folded per chunk) or x - b_dec in float32.
+    a_ = tensor_cores_ ? x.contiguous() : (x - b_dec).contiguous();
+    // g for the h product; for float16, each row divided by a power of two (kept in g_scale_).
+    if (kGrad && x.scalar_type() == at::kHalf) {
+      auto gf = g.to(at::kFloat);
+      auto scale = at::ldexp(at::ones({N_, 1}, gf.options()),
+                             std::get<1>(at::frexp(gf.abs().amax(1, true))));
+      gm_ = (gf / scale).to(at::kHalf).contiguous();
+      g_scale_ = scale.reshape({N_}).contiguous();
+    } else if (kGrad) {
+      gm_ = g.to(tensor_cores_ ? x.scalar_type() : at::kFloat).contiguous();
+    }
+    b_dec_col_ = b_dec.reshape({d, 1});
+    dead_ = k_aux > 0 ? dead.contiguous() : at::Tensor();
+    C_ = max_chunk(N_, d, M_, kGrad ? 2 : 1);
+    // Full merges go slice by slice, so their [N, slice] keys stay small whatever C is.
+    slice_ = std::max(k, std::min(kFirstChunk, C_ / 4));
+    for (auto* t : {&g_scale_, &dead_}) uses_on_side(*t);
+  }
+
+  void run(at::Tensor& values, at::Tensor& indices, at::Tensor& aux_values,
+           at::Tensor& aux_indices) {
+    // Should an exception skip the final wait, the outputs are not reused under side's writes.
+    for (auto* t : {&values, &indices, &aux_values, &aux_indices}) uses_on_side(*t);
+    std::optional<Chunk> pending;
+    // Chunks grow with the latents seen so far, so a filtered chunk expects at most about k
+    // candidates per row.
+    int64_t cols = std::min(C_, std::max(kFirstChunk, 4 * top_.k));
+    for (int64_t c0 = 0; c0 < M_; c0 += cols, cols = std::min(C_, c0)) {
+      cols = std::min(cols, M_ - c0);
+      Chunk chunk = products(c0, cols);
+      const c10::cuda::CUDAStreamGuard on_side(side_);
+      if (pending) settle(*pending);
+      ready_.order(main_, side_);
+      filter(chunk);
+      pending = std::move(chunk);
+    }
+    {
+      const c10::cuda::CUDAStreamGuard on_side(side_);
+      if (pending) settle(*pending);
+      top_.write(values, indices);
+      aux_.write(aux_values, aux_indices);
+    }
+    ready_.order(side_, main_);
+  }
+
+ private:
+  // One chunk's products and bias (made on the main stream) and its filtered candidates.
+  struct Chunk {
+    at::Tensor prod, h, bias;
+    int64_t c0 = 0, cols = 0;
+    std::optional<Running::Buffers> main_cand, aux_cand;
+    at::Tensor most;  // [2] int32 on the device: the largest candidate count of any row
+  };
+
+  void uses_on_side(const at::Tensor& t) {
+    if (t.defined() && side_ != main_) t.record_stream(side_);
+  }
+
+  Chunk products(int64_t c0, int64_t cols) {
+    Chunk c;
+    c.c0 = c0;
+    c.cols = cols;
+    c.prod = saekit::cuda::products(a_, W_enc_, c0, cols);
+    if (kGrad) c.h = saekit::cuda::products(gm_, W_dec_, c0, cols);
+    auto bias = b_enc_.narrow(0, c0, cols).to(at::kFloat);
+    if (tensor_cores_) bias = bias - mm_float(W_enc_.narrow(0, c0, cols), b_dec_col_).squeeze(1);
+    c.bias = bias.contiguous();
+    for (auto* t : {&c.prod, &c.h, &c.bias}) uses_on_side(*t);
+    return c;
+  }
+
+  void launch(const Chunk& c, int64_t j0, int64_t n_cols, const Sink& main, const Sink& aux) {
+    const int64_t total = N_ * n_cols;
+    const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8);
+    chunk_keys_kernel<kGrad><<<blocks, kThreads, 0, side_.stream()>>>(
+        c.prod.template data_ptr<float>(), kGrad ? c.h.template data_ptr<float>() : nullptr,
+        g_scale_.defined() ? g_scale_.template data_ptr<float>() : nullptr,
+        c.bias.template data_ptr<float>(),
+        dead_.defined() ? dead_.template data_ptr<bool>() : nullptr, beta_, c.c0, c.cols, j0,
+        n_cols, total, main, aux);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // One launch fills both selections' candidates where each already has a threshold.
+  void filter(Chunk& c) {
+    if (top_.filters()) c.main_cand = top_.buffers(N_, c.cols, opts_, true);
+    if (aux_.active() && aux_.filters()) c.aux_cand = aux_.buffers(N_, c.cols, opts_, true);
+    if (!c.main_cand && !c.aux_cand) return;
+    launch(c, 0, c.cols, c.main_cand ? c.main_cand->sink : Sink{},
+           c.aux_cand ? c.aux_cand->sink : Sink{});
+    c.most = at::stack({Running::most(c.main_cand, opts_), Running::most(c.aux_cand, opts_)});
+  }
+
+  // Merges the chunk's candidates; a selection without a threshold, or with a row over its
+  // cap, takes every key of the chunk instead, slice by slice. One host sync per chunk.
+  void settle(const Chunk& c) {
+    bool main_over = false, aux_over = false;
+    if (c.most.defined()) {
+      auto most = c.most.cpu();
+      main_over = most[0].template item<int>() > top_.cap();
+      aux_over = most[1].template item<int>() > aux_.cap();
+    }
+    settle(c, top_, c.main_cand, main_over, false);
+    if (aux_.active()) settle(c, aux_, c.aux_cand, aux_over, true);
+  }
+
+  void settle(const Chunk& c, Running& r, const std::optional<Running::Buffers>& cand,
+              bool overflowed, bool is_aux) {
+    if (cand && !overflowed) {
+      r.merge(cand->keys, cand->pre);
+      return;
+    }
+    for (int64_t j0 = 0; j0 < c.cols; j0 += slice_) {
+      const int64_t n_cols = std::min(slice_, c.cols - j0);
+      auto full = r.buffers(N_, n_cols, opts_, false);
+      launch(c, j0, n_cols, is_aux ? Sink{} : full.sink, is_aux ? full.sink : Sink{});
+      r.merge(full.keys, full.pre);
+    }
+  }
+
+  const int64_t N_, M_;
+  const bool tensor_cores_;
+  const at::Tensor &W_enc_, &b_enc_, &W_dec_;
+  const float beta_;
+  Running top_, aux_;
+  const at::TensorOptions opts_;
+  const c10::cuda::CUDAStream main_, side_;
+  Event ready_;
+  at::Tensor a_, gm_, g_scale_, b_dec_col_, dead_;
+  int64_t C_ = 0, slice_ = 0;
+};
+
 template <bool kGrad>
 void encode(const at::Tensor& x, const at::Tensor& g, const at::Tensor& W_enc,
             const at::Tensor& b_enc, const at::Tensor& W_dec, const at::Tensor& b_dec, int64_t k,
             double beta, const at::Tensor& dead, int64_t k_aux, at::Tensor& values,
             at::Tensor& indices, at::Tensor& aux_values, at::Tensor& aux_indices) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t N = x.size(0), d = x.size(1), M = W_enc.size(0);
-  if (N == 0) return;
-  const bool tensor_cores = x.scalar_type() != at::kFloat;
-  // The GEMM's left operands: x itself (the bias folded per chunk) or x - b_dec in float32.
-  auto a = tensor_cores ? x.contiguous() : (x - b_dec).contiguous();
-  // g as the h product's left operand, and for float16 the power of two each row was divided by.
-  at::Tensor gm, g_scale;
-  if (kGrad && x.scalar_type() == at::kHalf) {
-    auto gf = g.to(at::kFloat);
-    g_scale = at::ldexp(at::ones({N, 1}, gf.options()), std::get<1>(at::frexp(gf.abs().amax(1, true))));
-    gm = (gf / g_scale).to(at::kHalf).contiguous();
-    g_scale = g_scale.reshape({N}).contiguous();
-  } else if (kGrad) {
-    gm = g.to(tensor_cores ? x.scalar_type() : at::kFloat).contiguous();
-  }
-  auto b_dec_col = b_dec.reshape({d, 1});
-  auto dead_c = k_aux > 0 ? dead.contiguous() : at::Tensor();
-  const int64_t C = max_chunk(N, d, M, kGrad ? 2 : 1);
-  // Full merges go slice by slice, so their [N, slice] keys stay small whatever C is.
-  const int64_t slice = std::max(k, std::min(kFirstChunk, C / 4));
-  Running top{{}, {}, k}, aux{{}, {}, k_aux};
-  const auto opts = x.options();
-  auto stream = c10::cuda::getCurrentCUDAStream();
-
-  at::Tensor prod, h, bias;  // the current chunk's
-  int64_t c0 = 0, cols = 0;
-  auto launch = [&](int64_t j0, int64_t n_cols, const Sink& main, const Sink& aux_sink) {
-    const int64_t total = N * n_cols;
-    const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8);
-    chunk_keys_kernel<kGrad><<<blocks, kThreads, 0, stream>>>(
-        prod.data_ptr<float>(), kGrad ? h.data_ptr<float>() : nullptr,
-        g_scale.defined() ? g_scale.data_ptr<float>() : nullptr, bias.data_ptr<float>(),
-        k_aux > 0 ? dead_c.data_ptr<bool>() : nullptr, static_cast<float>(beta), c0, cols, j0,
-        n_cols, total, main, aux_sink);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  // The filtered candidates when they fit; else every key of the chunk, slice by slice.
-  auto settle = [&](Running& r, const std::optional<Running::Chunk>& filtered, bool overflowed,
-                    bool is_aux) {
-    if (filtered && !overflowed) {
-      r.merge(filtered->keys, filtered->pre);
-      return;
-    }
-    for (int64_t j0 = 0; j0 < cols; j0 += slice) {
-      const int64_t n_cols = std::min(slice, cols - j0);
-      auto full = r.chunk(N, n_cols, opts, false);
-      launch(j0, n_cols, is_aux ? Sink{} : full.sink, is_aux ? full.sink : Sink{});
-      r.merge(full.keys, full.pre);
-    }
-  };
-
-  // Chunks grow with the latents seen so far, so a filtered chunk expects at most about k
-  // candidates per row.
-  cols = std::min(C, std::max(kFirstChunk, 4 * k));
-  for (; c0 < M; c0 += cols, cols = std::min(C, c0)) {
-    cols = std::min(cols, M - c0);
-    prod = products(a, W_enc, c0, cols);
-    h = kGrad ? products(gm, W_dec, c0, cols) : at::Tensor();
-    bias = b_enc.narrow(0, c0, cols).to(at::kFloat);
-    if (tensor_cores) bias = bias - mm_float(W_enc.narrow(0, c0, cols), b_dec_col).squeeze(1);
-    bias = bias.contiguous();
-    // One launch fills both selections' candidates where each already has a threshold.
-    std::optional<Running::Chunk> main_cand, aux_cand;
-    if (top.filters()) main_cand = top.chunk(N, cols, opts, true);
-    if (aux.active() && aux.filters()) aux_cand = aux.chunk(N, cols, opts, true);
-    bool main_over = false, aux_over = false;
-    if (main_cand || aux_cand) {
-      launch(0, cols, main_cand ? main_cand->sink : Sink{}, aux_cand ? aux_cand->sink : Sink{});
-      // One host sync per chunk: did any row overflow its cap?
-      auto most = at::stack({Running::most(main_cand, opts), Running::most(aux_cand, opts)}).cpu();
-      main_over = most[0].item<int>() > top.cap();
-      aux_over = most[1].item<int>() > aux.cap();
-    }
-    settle(top, main_cand, main_over, false);
-    if (aux.active()) settle(aux, aux_cand, aux_over, true);
-  }
-  top.write(values, indices);
-  aux.write(aux_values, aux_indices);
+  if (x.size(0) == 0) return;
+  Encoder<kGrad>(x, g, W_enc, b_enc, W_dec, b_dec, k, beta, dead, k_aux)
+      .run(values, indices, aux_values, aux_indices);
 }
 
 void check_no_double(const at::Tensor& x) {

@@ -40,3 +40,18 @@ def test_out_of_memory_is_reported_not_raised(bench_gpu, monkeypatch):
     monkeypatch.setattr(bench_gpu.common, "bench", no_memory)
     assert bench_gpu.sae_step(torch.randn(4, 8).bfloat16(), 16, 2, "reference") is None
     assert bench_gpu._ratio(None) == "out of memory"
+
+
+def test_serial_variant_sets_and_restores_the_overlap_switch(bench_gpu, monkeypatch):
+    import os
+
+    monkeypatch.delenv("SAEKIT_CUDA_ENCODE_OVERLAP", raising=False)
+    with bench_gpu.variant(bench_gpu.SERIAL) as backend:
+        assert backend == "cuda" and os.environ["SAEKIT_CUDA_ENCODE_OVERLAP"] == "0"
+    assert "SAEKIT_CUDA_ENCODE_OVERLAP" not in os.environ
+    monkeypatch.setenv("SAEKIT_CUDA_ENCODE_OVERLAP", "1")
+    with bench_gpu.variant(bench_gpu.SERIAL):
+        pass
+    assert os.environ["SAEKIT_CUDA_ENCODE_OVERLAP"] == "1"
+    with bench_gpu.variant("triton") as backend:
+        assert backend == "triton" and os.environ["SAEKIT_CUDA_ENCODE_OVERLAP"] == "1"
