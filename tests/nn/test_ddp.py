@@ -33,6 +33,10 @@ def _worker(rank, world, port, x, state, out_dir):
                        os.path.join(out_dir, "rank0.pt"))
     finally:
         dist.destroy_process_group()
+    # torch 2.14.1 aborts about one CPU DDP process in ten at interpreter exit ("terminate called
+    # without an active exception", with or without destroy_process_group; plain gloo
+    # collectives do not): leave at once, the results being on disk. Exceptions never get here.
+    os._exit(0)
 
 
 def test_ddp_gradients_and_dead_statistics_match_single_process(tmp_path):
