@@ -37,7 +37,7 @@ def test_every_kernel_compiles_for_sm90():
     lines = [line for line in proc.stdout.splitlines() if line.startswith("sm_90 ")]
     built = {line.split(" ")[1] for line in lines}
     assert {"topk_encode", "gradient_topk_encode", "sparse_decode", "sparse_decode_backward", "folded"} <= built
-    assert all(line.split(": ")[1].startswith("ok") for line in lines), lines
+    assert all(line.split(": ")[1].startswith("ok, ") and " registers, " in line for line in lines), lines
     assert proc.stdout.rstrip().endswith("all compiled")
 
 
@@ -53,3 +53,18 @@ def test_refuses_to_run_in_the_interpreter():
     proc = subprocess.run([sys.executable, "-m", "saekit.triton.compile_check", "--quick"],
                           env={**ENV, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "unset TRITON_INTERPRET" in proc.stderr
+
+
+def test_ptxas_report_is_parsed():
+    from saekit.triton.compile_check import Resources, parse_ptxas_log
+
+    log = ("ptxas info    : Compiling entry function 'k' for 'sm_90a'\n"
+           "ptxas info    : Function properties for k\n"
+           "    1120 bytes stack frame, 1120 bytes spill stores, 624 bytes spill loads\n"
+           "ptxas info    : Used 255 registers, used 1 barriers, 1120 bytes cumulative stack size\n")
+    got = parse_ptxas_log(log)
+    assert got == Resources(255, 1120, 624)
+    assert str(got) == "255 registers, spills 1120 B stored / 624 B loaded"
+    assert str(Resources(64, 0, 0)) == "64 registers, no spills"
+    with pytest.raises(ValueError, match="no register or spill line"):
+        parse_ptxas_log("ptxas fatal   : something else")

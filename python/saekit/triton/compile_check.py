@@ -8,14 +8,19 @@ configurations the autotuner would try, so that a compile error there shows up w
     python -m saekit.triton.compile_check --arch 90 --quick
 
 It must run in a process without TRITON_INTERPRET=1 (the kernels are then defined for
-compilation). Prints one line per kernel and configuration; exits 1 if any failed.
+compilation). Prints one line per kernel and configuration, with the registers per thread and
+the bytes of spill stores and loads that ptxas reports (spills cost local-memory traffic on every
+tile: issue 4 asks for no badly spilling configuration on Hopper); exits 1 if any failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -124,8 +129,47 @@ def all_jobs(quick: bool):
     return jobs
 
 
-def compile_job(job: Job, arch: int) -> None:
-    """Build ``job`` down to a cubin for sm_<arch> (raises on any compile error)."""
+@dataclass
+class Resources:
+    """What ptxas reports for one kernel: registers per thread, spill stores and loads (bytes)."""
+
+    registers: int
+    spill_stores: int
+    spill_loads: int
+
+    def __str__(self) -> str:
+        spill = (f"spills {self.spill_stores} B stored / {self.spill_loads} B loaded"
+                 if self.spill_stores or self.spill_loads else "no spills")
+        return f"{self.registers} registers, {spill}"
+
+
+def parse_ptxas_log(log: str) -> Resources:
+    """The kernel's line of ``ptxas -v`` output -> Resources (ValueError if it has none)."""
+    regs = re.search(r"Used (\d+) registers", log)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if regs is None or spill is None:
+        raise ValueError(f"no register or spill line in the ptxas log: {log[-500:]!r}")
+    return Resources(int(regs.group(1)), int(spill.group(1)), int(spill.group(2)))
+
+
+def ptx_resources(ptx: str, arch: int) -> Resources:
+    """Registers and spills of PTX assembled by Triton's ptxas with the options Triton uses."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    suffix = "a" if arch >= 90 else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run([get_ptxas(arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
+                               f"--gpu-name=sm_{arch}{suffix}", src, "-o", src + ".o"],
+                              capture_output=True, text=True, check=True)
+    return parse_ptxas_log(proc.stderr + proc.stdout)
+
+
+def compile_job(job: Job, arch: int) -> Resources:
+    """Build ``job`` down to a cubin for sm_<arch> (raises on any compile error) and return what
+    ptxas reports for it."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -135,6 +179,7 @@ def compile_job(job: Job, arch: int) -> None:
                               options={"num_warps": job.num_warps, "num_stages": job.num_stages})
     if not compiled.asm.get("cubin"):
         raise RuntimeError("no cubin produced")
+    return ptx_resources(compiled.asm["ptx"], arch)
 
 
 def main(argv=None) -> int:
@@ -150,8 +195,7 @@ def main(argv=None) -> int:
         for job in all_jobs(args.quick):
             start = time.perf_counter()
             try:
-                compile_job(job, arch)
-                status = "ok"
+                status = f"ok, {compile_job(job, arch)}"
             except Exception as e:  # noqa: BLE001 - every failure is reported, then counted
                 failed += 1
                 status = f"FAILED: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"

@@ -43,7 +43,8 @@ def _prune(configs, named_args, **kwargs):
     [BLOCK_N, 2 * TILE] int64 keys of a merge (plus the AuxK buffer) within 8192 elements, 4096
     for g-SAE or float32 (whose FMA dot also holds its operands in registers, hence BLOCK_D 32
     there), and tiles of at most 128 latents. k or k_aux above 128 keeps the smallest config,
-    which spills a little (about 800 bytes at k = 256)."""
+    which spills (about 800 bytes at k = 256, 1.1 KB at k_aux = 256; `python -m
+    saekit.triton.compile_check` prints every config's registers and spills)."""
     fp32 = named_args["x_ptr"].dtype == torch.float32
     keep, fallback = [], []
     for c in configs:
