@@ -18,7 +18,8 @@
 // resolve differently from the reference.
 //
 // The selection of chunk i runs on a second stream while chunk i + 1's GEMM runs on the
-// caller's (SAEKIT_CUDA_ENCODE_OVERLAP=0 keeps both on the caller's stream).
+// caller's (SAEKIT_CUDA_ENCODE_OVERLAP=0 keeps both on the caller's stream). Under CUDA graph
+// capture, which allows no host sync, every chunk is merged in full on the caller's stream.
 //
 // Working memory O((N + d) * C + N * (k + slice)), C chosen so that a tile ([N, C] float32
 // products, or a [C, d] float32 weight chunk) stays under 256 MB (up to three chunks' tiles
@@ -32,6 +33,7 @@
 #include "sparse_ops.h"
 
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <ATen/Context.h>
 #include <c10/cuda/CUDAStream.h>
@@ -249,8 +251,11 @@ class Encoder {
         W_enc_(W_enc), b_enc_(b_enc), W_dec_(W_dec), beta_(static_cast<float>(beta)),
         top_{{}, {}, k}, aux_{{}, {}, k_aux}, opts_(x.options()),
         main_(c10::cuda::getCurrentCUDAStream()),
-        side_(overlap_enabled() ? c10::cuda::getStreamFromPool(false, x.device().index())
-                                : main_) {
+        capturing_(c10::cuda::currentStreamCaptureStatusMayInitCtx() !=
+                   c10::cuda::CaptureStatus::None),
+        side_(overlap_enabled() && !capturing_
+                  ? c10::cuda::getStreamFromPool(false, x.device().index())
+                  : main_) {
     const int64_t d = x.size(1);
     // The GEMM's left operands: x itself (the bias folded per chunk) or x - b_dec in float32.
     a_ = tensor_cores_ ? x.contiguous() : (x - b_dec).contiguous();
@@ -338,6 +343,7 @@ class Encoder {
 
   // One launch fills both selections' candidates where each already has a threshold.
   void filter(Chunk& c) {
+    if (capturing_) return;  // the overflow check would need a host sync
     if (top_.filters()) c.main_cand = top_.buffers(N_, c.cols, opts_, true);
     if (aux_.active() && aux_.filters()) c.aux_cand = aux_.buffers(N_, c.cols, opts_, true);
     if (!c.main_cand && !c.aux_cand) return;
@@ -379,7 +385,9 @@ class Encoder {
   const float beta_;
   Running top_, aux_;
   const at::TensorOptions opts_;
-  const c10::cuda::CUDAStream main_, side_;
+  const c10::cuda::CUDAStream main_;
+  const bool capturing_;
+  const c10::cuda::CUDAStream side_;
   Event ready_;
   at::Tensor a_, gm_, g_scale_, b_dec_col_, dead_;
   int64_t C_ = 0, slice_ = 0;

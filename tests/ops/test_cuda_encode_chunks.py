@@ -98,3 +98,27 @@ def test_selection_runs_on_a_second_stream_only_with_overlap(monkeypatch, overla
     monkeypatch.setenv("SAEKIT_CUDA_ENCODE_OVERLAP", overlap)
     topk_encode(x, W, be, bd, 9, backend="cuda")  # warm-up: cuBLAS handles, the stream pool
     assert len(_kernel_streams(lambda: topk_encode(x, W, be, bd, 9, backend="cuda"))) == streams
+
+
+def test_captured_in_a_cuda_graph(monkeypatch):
+    """CUDA graph capture allows no host sync: the encoder then merges every chunk in full on
+    the capturing stream, and replays give the reference's selection. (AuxK cannot be captured:
+    checking k_aux <= dead.sum() reads the mask on the host.)"""
+    x, W, be, bd, *_ = _inputs(torch.bfloat16, "plain", seed=4)
+    expect = topk_encode(x, W, be, bd, 9, backend="reference")
+    monkeypatch.setenv("SAEKIT_CUDA_ENCODE_CHUNK", "64")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as torch asks before capture
+        topk_encode(x, W, be, bd, 9, backend="cuda")
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = topk_encode(x, W, be, bd, 9, backend="cuda")
+    for _ in range(2):
+        for t in out:
+            t.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        for a, b in zip(out, expect):
+            assert torch.equal(a, b)
