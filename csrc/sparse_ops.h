@@ -2,8 +2,12 @@
 // every device on top of three row primitives that each backend provides as `Rows`:
 //   gather_rows(coef [N,k], idx [N,k], W [M,d]) -> [N,d]      sum_j coef * W[idx]
 //   gather_dot(rows [N,d], idx [N,k], W [M,d]) -> [N,k]       rows[n] . W[idx[n,j]]
-//   scatter_rows(coef [N,k], idx [N,k], rows [N,d], M) -> ([M,d], [M])  per-latent sums
-// all in the accumulation dtype (float32, float64 for float64), from the N x k nonzeros only.
+//   scatter_rows(coef [N,k], idx [N,k], rows [N,d], M, out_dtype) -> ([M,d], [M])
+//                                                             per-latent sums
+// accumulated in the accumulation dtype (float32, float64 for float64), from the N x k nonzeros
+// only. Results are in the accumulation dtype, except scatter_rows' [M, d] sums, which are cast
+// once to out_dtype. `rows` may be in the accumulation dtype or in W's (out_dtype's) dtype,
+// which the kernels widen element by element: a 16-bit gradient is never copied to float32.
 #pragma once
 
 #include "checks.h"
@@ -48,12 +52,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_decode_backward(
   check_size(grad_out, 1, W_dec.size(1), "grad_out", "d = W_dec.shape[1]");
   check_same_device(values, grad_out, "values", "grad_out");
   const auto acc = acc_type(W_dec.scalar_type());
-  auto g = grad_out.to(acc).contiguous();
+  // In W_dec's dtype grad_out goes to the kernels as it is; any other dtype is widened first.
+  auto g = (grad_out.scalar_type() == W_dec.scalar_type() ? grad_out : grad_out.to(acc))
+               .contiguous();
   auto dvalues = Rows::gather_dot(g, indices, W_dec);
-  auto dW = std::get<0>(Rows::scatter_rows(values.to(acc), indices, g, W_dec.size(0)));
-  auto db = g.sum(0);
-  return {dvalues.to(values.scalar_type()), dW.to(W_dec.scalar_type()),
-          db.to(W_dec.scalar_type())};
+  auto dW = std::get<0>(
+      Rows::scatter_rows(values.to(acc), indices, g, W_dec.size(0), W_dec.scalar_type()));
+  auto db = at::sum(g, {0}, /*keepdim=*/false, acc);
+  return {dvalues.to(values.scalar_type()), dW, db.to(W_dec.scalar_type())};
 }
 
 // grad_values / values / indices [N, k'] (k' = k, or k + k_aux with the AuxK part appended).
@@ -81,9 +87,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_encode_backward(
   auto dpre = grad_values.to(acc) * values.gt(0).to(acc);
   auto xc = x.to(acc) - b_dec.to(acc);
   auto dx = Rows::gather_rows(dpre, indices, W_enc);
-  auto [dW, db_enc] = Rows::scatter_rows(dpre, indices, xc, M);
+  auto [dW, db_enc] = Rows::scatter_rows(dpre, indices, xc, M, W_enc.scalar_type());
   auto db_dec = dx.sum(0).neg_();
-  return {dx.to(x.scalar_type()), dW.to(W_enc.scalar_type()), db_enc.to(W_enc.scalar_type()),
+  return {dx.to(x.scalar_type()), dW, db_enc.to(W_enc.scalar_type()),
           db_dec.to(b_dec.scalar_type())};
 }
 

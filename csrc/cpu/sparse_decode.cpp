@@ -125,11 +125,12 @@ at::Tensor gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::T
 }
 
 std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef, const at::Tensor& idx,
-                                               const at::Tensor& rows, int64_t M) {
+                                               const at::Tensor& rows, int64_t M,
+                                               at::ScalarType out_dtype) {
   const int64_t N = idx.size(0), k = idx.size(1), d = rows.size(1);
-  const auto acc = rows.scalar_type();
-  auto out = at::empty({M, d}, rows.options());
-  auto coef_sum = at::empty({M}, rows.options());
+  const auto acc = acc_type(out_dtype);
+  auto out = at::empty({M, d}, rows.options().dtype(acc));
+  auto coef_sum = at::empty({M}, rows.options().dtype(acc));
   const int64_t E = N * k;
   // Counting sort of the E entries by latent: start[i]..start[i+1] lists latent i's entries
   // in (n, j) order, so every sum below has a fixed order.
@@ -143,7 +144,7 @@ std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef, const at:
     for (int64_t e = 0; e < E; ++e) order[fill[ix[e]]++] = e;
   }
   auto coefc = coef.to(acc).contiguous();
-  auto rowsc = rows.contiguous();
+  auto rowsc = rows.to(acc).contiguous();
   AT_DISPATCH_FLOATING_TYPES(acc, "scatter_rows", [&] {
     const scalar_t* cf = coefc.data_ptr<scalar_t>();
     const scalar_t* r = rowsc.data_ptr<scalar_t>();
@@ -165,7 +166,7 @@ std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef, const at:
       }
     });
   });
-  return {out, coef_sum};
+  return {out.to(out_dtype), coef_sum};
 }
 
 TORCH_LIBRARY_IMPL(saekit, CPU, m) {

@@ -11,14 +11,17 @@ namespace saekit::cpu {
 // out[n] = sum_j coef[n, j] * W[idx[n, j]].
 at::Tensor gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::Tensor& W);
 
-// rows [N, d] acc dtype, idx [N, k], W [M, d] -> out [N, k] acc dtype: rows[n] . W[idx[n, j]].
+// rows [N, d] (any float dtype), idx [N, k], W [M, d] -> out [N, k] acc dtype:
+// rows[n] . W[idx[n, j]].
 at::Tensor gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::Tensor& W);
 
-// coef [N, k], idx [N, k], rows [N, d] (acc dtype) -> (out [M, d], coef_sum [M]), acc dtype:
-// out[i] = sum over (n, j) with idx[n, j] == i of coef[n, j] * rows[n]; coef_sum[i] likewise of
-// coef alone. Deterministic: entries are grouped by latent (a counting sort), no atomics.
+// coef [N, k], idx [N, k], rows [N, d] (any float dtype) -> (out [M, d] out_dtype, coef_sum [M]
+// acc dtype of out_dtype): out[i] = sum over (n, j) with idx[n, j] == i of coef[n, j] * rows[n],
+// accumulated in the acc dtype and cast once; coef_sum[i] likewise of coef alone.
+// Deterministic: entries are grouped by latent (a counting sort), no atomics.
 std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef, const at::Tensor& idx,
-                                               const at::Tensor& rows, int64_t M);
+                                               const at::Tensor& rows, int64_t M,
+                                               at::ScalarType out_dtype);
 
 // The primitives as the `Rows` policy of sparse_ops.h.
 struct Rows {
@@ -29,8 +32,9 @@ struct Rows {
     return cpu::gather_dot(r, i, W);
   }
   static std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& c, const at::Tensor& i,
-                                                        const at::Tensor& r, int64_t M) {
-    return cpu::scatter_rows(c, i, r, M);
+                                                        const at::Tensor& r, int64_t M,
+                                                        at::ScalarType out_dtype) {
+    return cpu::scatter_rows(c, i, r, M, out_dtype);
   }
 };
 

@@ -71,26 +71,30 @@ __global__ void gather_rows_kernel(const acc_t* __restrict__ coef, const int64_t
   }
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void gather_dot_kernel(const acc_t* __restrict__ rows, const int64_t* __restrict__ idx,
+// rows in row_t: the accumulation dtype or W's own.
+template <typename scalar_t, typename row_t, typename acc_t>
+__global__ void gather_dot_kernel(const row_t* __restrict__ rows, const int64_t* __restrict__ idx,
                                   const scalar_t* __restrict__ W, acc_t* __restrict__ out,
                                   int64_t entries, int64_t k, int64_t d) {
   const int64_t e = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (e >= entries) return;  // uniform across the warp
-  const acc_t* r = rows + (e / k) * d;
+  const row_t* r = rows + (e / k) * d;
   const scalar_t* w = W + idx[e] * d;
   acc_t s = 0;
-  for (int64_t t = lane; t < d; t += 32) s += r[t] * static_cast<acc_t>(w[t]);
+  for (int64_t t = lane; t < d; t += 32) {
+    s += static_cast<acc_t>(r[t]) * static_cast<acc_t>(w[t]);
+  }
   for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_down_sync(0xffffffffu, s, offset);
   if (lane == 0) out[e] = s;
 }
 
-template <typename acc_t>
+// rows in row_t (the accumulation dtype or out_t), sums accumulated in acc_t, written as out_t.
+template <typename row_t, typename out_t, typename acc_t>
 __global__ void scatter_rows_kernel(const acc_t* __restrict__ coef,
                                     const int64_t* __restrict__ order,
                                     const int64_t* __restrict__ start,
-                                    const acc_t* __restrict__ rows, acc_t* __restrict__ out,
+                                    const row_t* __restrict__ rows, out_t* __restrict__ out,
                                     acc_t* __restrict__ coef_sum, int64_t k, int64_t d) {
   const int64_t i = blockIdx.x;
   const int64_t p0 = start[i], p1 = start[i + 1];
@@ -99,9 +103,9 @@ __global__ void scatter_rows_kernel(const acc_t* __restrict__ coef,
     acc_t acc = 0;
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t e = order[p];
-      acc += coef[e] * rows[(e / k) * d + t];
+      acc += coef[e] * static_cast<acc_t>(rows[(e / k) * d + t]);
     }
-    out[i * d + t] = acc;
+    out[i * d + t] = static_cast<out_t>(acc);
   }
   if (blockIdx.y == 0 && threadIdx.x == 0) {
     acc_t c = 0;
@@ -135,13 +139,13 @@ __global__ void gather_rows_vec_kernel(const acc_t* __restrict__ coef,
 }
 
 // gather_dot_kernel with V columns per lane and step (d % V == 0).
-template <typename scalar_t, typename acc_t, int V>
-__global__ void gather_dot_vec_kernel(const acc_t* __restrict__ rows,
+template <typename scalar_t, typename row_t, typename acc_t, int V>
+__global__ void gather_dot_vec_kernel(const row_t* __restrict__ rows,
                                       const int64_t* __restrict__ idx,
                                       const scalar_t* __restrict__ W, acc_t* __restrict__ out,
                                       int64_t entries, int64_t k, int64_t d) {
   using In = Pack<scalar_t, V>;
-  using Row = Pack<acc_t, V>;
+  using Row = Pack<row_t, V>;
   const int64_t e = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (e >= entries) return;  // uniform across the warp
@@ -152,41 +156,90 @@ __global__ void gather_dot_vec_kernel(const acc_t* __restrict__ rows,
     const In wv = w[t];
     const Row rv = r[t];
 #pragma unroll
-    for (int u = 0; u < V; ++u) s += rv.v[u] * static_cast<acc_t>(wv.v[u]);
+    for (int u = 0; u < V; ++u) s += static_cast<acc_t>(rv.v[u]) * static_cast<acc_t>(wv.v[u]);
   }
   for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_down_sync(0xffffffffu, s, offset);
   if (lane == 0) out[e] = s;
 }
 
 // scatter_rows_kernel with V columns per thread (d % V == 0); coef_sum as there.
-template <typename acc_t, int V>
+template <typename row_t, typename out_t, typename acc_t, int V>
 __global__ void scatter_rows_vec_kernel(const acc_t* __restrict__ coef,
                                         const int64_t* __restrict__ order,
                                         const int64_t* __restrict__ start,
-                                        const acc_t* __restrict__ rows, acc_t* __restrict__ out,
+                                        const row_t* __restrict__ rows, out_t* __restrict__ out,
                                         acc_t* __restrict__ coef_sum, int64_t k, int64_t d) {
-  using Row = Pack<acc_t, V>;
+  using Row = Pack<row_t, V>;
+  using Out = Pack<out_t, V>;
   const int64_t i = blockIdx.x, dv = d / V;
   const int64_t p0 = start[i], p1 = start[i + 1];
   for (int64_t t = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; t < dv;
        t += int64_t(gridDim.y) * blockDim.x) {
-    Row acc;
+    acc_t acc[V];
 #pragma unroll
-    for (int u = 0; u < V; ++u) acc.v[u] = 0;
+    for (int u = 0; u < V; ++u) acc[u] = 0;
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t e = order[p];
       const acc_t c = coef[e];
       const Row r = reinterpret_cast<const Row*>(rows + (e / k) * d)[t];
 #pragma unroll
-      for (int u = 0; u < V; ++u) acc.v[u] += c * r.v[u];
+      for (int u = 0; u < V; ++u) acc[u] += c * static_cast<acc_t>(r.v[u]);
     }
-    reinterpret_cast<Row*>(out + i * d)[t] = acc;
+    Out o;
+#pragma unroll
+    for (int u = 0; u < V; ++u) o.v[u] = static_cast<out_t>(acc[u]);
+    reinterpret_cast<Out*>(out + i * d)[t] = o;
   }
   if (blockIdx.y == 0 && threadIdx.x == 0) {
     acc_t c = 0;
     for (int64_t p = p0; p < p1; ++p) c += coef[order[p]];
     coef_sum[i] = c;
   }
+}
+
+// rows . W over every (n, j): the 16-byte kernel where the packs fit.
+template <typename scalar_t, typename row_t, typename acc_t>
+void launch_gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::Tensor& W,
+                       at::Tensor& out, int64_t entries, int64_t k, int64_t d,
+                       cudaStream_t stream) {
+  constexpr int V = vec_width<scalar_t>();
+  const int64_t blocks = (entries * 32 + kThreads - 1) / kThreads;
+  const auto* r = rows.data_ptr<row_t>();
+  const auto* ix = idx.data_ptr<int64_t>();
+  const auto* w = W.data_ptr<scalar_t>();
+  auto* o = out.data_ptr<acc_t>();
+  if (packs_fit(d, V, {{w, sizeof(scalar_t)}, {r, sizeof(row_t)}})) {
+    gather_dot_vec_kernel<scalar_t, row_t, acc_t, V>
+        <<<blocks, kThreads, 0, stream>>>(r, ix, w, o, entries, k, d);
+  } else {
+    gather_dot_kernel<scalar_t, row_t, acc_t><<<blocks, kThreads, 0, stream>>>(r, ix, w, o,
+                                                                              entries, k, d);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Per-latent sums of coef * rows over the latent's entries (order[start[i]:start[i+1]]).
+template <typename row_t, typename out_t, typename acc_t>
+void launch_scatter_rows(const at::Tensor& coef, const at::Tensor& order, const at::Tensor& start,
+                         const at::Tensor& rows, at::Tensor& out, at::Tensor& coef_sum, int64_t M,
+                         int64_t k, int64_t d, cudaStream_t stream) {
+  constexpr int V = vec_width<row_t>();
+  const auto* cf = coef.data_ptr<acc_t>();
+  const auto* ord = order.data_ptr<int64_t>();
+  const auto* st = start.data_ptr<int64_t>();
+  const auto* r = rows.data_ptr<row_t>();
+  auto* o = out.data_ptr<out_t>();
+  auto* cs = coef_sum.data_ptr<acc_t>();
+  if (d > 0 && packs_fit(d, V, {{r, sizeof(row_t)}, {o, sizeof(out_t)}})) {
+    const auto [grid, threads] = packed_grid(M, d / V);
+    scatter_rows_vec_kernel<row_t, out_t, acc_t, V>
+        <<<grid, threads, 0, stream>>>(cf, ord, st, r, o, cs, k, d);
+  } else {
+    scatter_rows_kernel<row_t, out_t, acc_t>
+        <<<column_grid(M, std::max<int64_t>(d, 1)), kThreads, 0, stream>>>(cf, ord, st, r, o,
+                                                                            cs, k, d);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -227,33 +280,29 @@ at::Tensor Rows::gather_dot(const at::Tensor& rows, const at::Tensor& idx, const
   if (entries == 0) return out;
   auto Wc = W.contiguous();
   auto idxc = idx.contiguous();
-  auto rowsc = rows.to(out.scalar_type()).contiguous();
-  const int64_t blocks = (entries * 32 + kThreads - 1) / kThreads;
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  // Rows in W's dtype are read as they are; any other dtype is widened to the acc dtype.
+  const bool native = rows.scalar_type() == W.scalar_type();
+  auto rowsc = (native ? rows : rows.to(out.scalar_type())).contiguous();
+  auto stream = c10::cuda::getCurrentCUDAStream().stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, W.scalar_type(), "gather_dot", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    constexpr int V = vec_width<scalar_t>();
-    if (packs_fit(d, V, {{Wc.data_ptr(), sizeof(scalar_t)}, {rowsc.data_ptr(), sizeof(acc_t)}})) {
-      gather_dot_vec_kernel<scalar_t, acc_t, V><<<blocks, kThreads, 0, stream>>>(
-          rowsc.data_ptr<acc_t>(), idxc.data_ptr<int64_t>(), Wc.data_ptr<scalar_t>(),
-          out.data_ptr<acc_t>(), entries, k, d);
+    if (native) {
+      launch_gather_dot<scalar_t, scalar_t, acc_t>(rowsc, idxc, Wc, out, entries, k, d, stream);
     } else {
-      gather_dot_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
-          rowsc.data_ptr<acc_t>(), idxc.data_ptr<int64_t>(), Wc.data_ptr<scalar_t>(),
-          out.data_ptr<acc_t>(), entries, k, d);
+      launch_gather_dot<scalar_t, acc_t, acc_t>(rowsc, idxc, Wc, out, entries, k, d, stream);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
 
 std::pair<at::Tensor, at::Tensor> Rows::scatter_rows(const at::Tensor& coef, const at::Tensor& idx,
-                                                     const at::Tensor& rows, int64_t M) {
+                                                     const at::Tensor& rows, int64_t M,
+                                                     at::ScalarType out_dtype) {
   const c10::cuda::CUDAGuard guard(rows.device());
   const int64_t k = idx.size(1), d = rows.size(1);
-  const auto acc = rows.scalar_type();
-  auto out = at::empty({M, d}, rows.options());
-  auto coef_sum = at::empty({M}, rows.options());
+  const auto acc = acc_type(out_dtype);
+  auto out = at::empty({M, d}, rows.options().dtype(out_dtype));
+  auto coef_sum = at::empty({M}, rows.options().dtype(acc));
   if (M == 0) return {out, coef_sum};
   auto flat = idx.reshape({-1});
   auto sorted = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
@@ -261,26 +310,20 @@ std::pair<at::Tensor, at::Tensor> Rows::scatter_rows(const at::Tensor& coef, con
   auto order = std::get<1>(sorted).contiguous();
   auto start = at::searchsorted(sorted_idx, at::arange(M + 1, flat.options())).contiguous();
   auto coefc = coef.to(acc).contiguous();
-  auto rowsc = rows.contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(acc, "scatter_rows", [&] {
-    constexpr int V = vec_width<scalar_t>();
-    const bool packed = d > 0 && packs_fit(d, V, {{rowsc.data_ptr(), sizeof(scalar_t)},
-                                                  {out.data_ptr(), sizeof(scalar_t)}});
-    if (packed) {
-      const auto [grid, threads] = packed_grid(M, d / V);
-      scatter_rows_vec_kernel<scalar_t, V><<<grid, threads, 0, stream>>>(
-          coefc.data_ptr<scalar_t>(), order.data_ptr<int64_t>(), start.data_ptr<int64_t>(),
-          rowsc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), coef_sum.data_ptr<scalar_t>(),
-          std::max<int64_t>(k, 1), d);
+  // Rows in out_dtype are read as they are; any other dtype is widened to the acc dtype.
+  const bool native = rows.scalar_type() == out_dtype;
+  auto rowsc = (native ? rows : rows.to(acc)).contiguous();
+  const int64_t kk = std::max<int64_t>(k, 1);
+  auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_dtype, "scatter_rows", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (native) {
+      launch_scatter_rows<scalar_t, scalar_t, acc_t>(coefc, order, start, rowsc, out, coef_sum, M,
+                                                     kk, d, stream);
     } else {
-      scatter_rows_kernel<scalar_t>
-          <<<column_grid(M, std::max<int64_t>(d, 1)), kThreads, 0, stream>>>(
-              coefc.data_ptr<scalar_t>(), order.data_ptr<int64_t>(), start.data_ptr<int64_t>(),
-              rowsc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-              coef_sum.data_ptr<scalar_t>(), std::max<int64_t>(k, 1), d);
+      launch_scatter_rows<acc_t, scalar_t, acc_t>(coefc, order, start, rowsc, out, coef_sum, M,
+                                                  kk, d, stream);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, coef_sum};
 }

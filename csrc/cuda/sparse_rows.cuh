@@ -15,7 +15,8 @@ struct Rows {
   static at::Tensor gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::Tensor& W);
   static std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef,
                                                         const at::Tensor& idx,
-                                                        const at::Tensor& rows, int64_t M);
+                                                        const at::Tensor& rows, int64_t M,
+                                                        at::ScalarType out_dtype);
 };
 
 }  // namespace saekit::cuda
