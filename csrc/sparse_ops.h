@@ -6,8 +6,9 @@
 //                                                             per-latent sums
 // accumulated in the accumulation dtype (float32, float64 for float64), from the N x k nonzeros
 // only. Results are in the accumulation dtype, except scatter_rows' [M, d] sums, which are cast
-// once to out_dtype. `rows` may be in the accumulation dtype or in W's (out_dtype's) dtype,
-// which the kernels widen element by element: a 16-bit gradient is never copied to float32.
+// once to out_dtype. `rows` may be in any float dtype; a backend whose Rows::kReadsNarrowRows is
+// true reads rows in W's (out_dtype's) own dtype as they are, widening element by element (so a
+// 16-bit gradient is never copied to float32), and widens any other dtype by a copy.
 #pragma once
 
 #include "checks.h"
@@ -52,9 +53,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_decode_backward(
   check_size(grad_out, 1, W_dec.size(1), "grad_out", "d = W_dec.shape[1]");
   check_same_device(values, grad_out, "values", "grad_out");
   const auto acc = acc_type(W_dec.scalar_type());
-  // In W_dec's dtype grad_out goes to the kernels as it is; any other dtype is widened first.
-  auto g = (grad_out.scalar_type() == W_dec.scalar_type() ? grad_out : grad_out.to(acc))
-               .contiguous();
+  // grad_out in W_dec's dtype goes as it is to kernels that read it so; else widened once.
+  const bool narrow = Rows::kReadsNarrowRows && grad_out.scalar_type() == W_dec.scalar_type();
+  auto g = (narrow ? grad_out : grad_out.to(acc)).contiguous();
   auto dvalues = Rows::gather_dot(g, indices, W_dec);
   auto dW = std::get<0>(
       Rows::scatter_rows(values.to(acc), indices, g, W_dec.size(0), W_dec.scalar_type()));

@@ -25,6 +25,8 @@ std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef, const at:
 
 // The primitives as the `Rows` policy of sparse_ops.h.
 struct Rows {
+  // The loops read rows in the acc dtype: the caller widens a 16-bit gradient once.
+  static constexpr bool kReadsNarrowRows = false;
   static at::Tensor gather_rows(const at::Tensor& c, const at::Tensor& i, const at::Tensor& W) {
     return cpu::gather_rows(c, i, W);
   }

@@ -1,8 +1,9 @@
 // CUDA sparse decode (SPEC 3) and the row primitives shared with the encoder backward.
 //
 // Each primitive has a vector kernel, whose threads move 16 bytes per load (8 bf16/fp16, 4
-// fp32), taken whenever d is a multiple of the vector width and the rows are 16-byte aligned,
-// and a scalar kernel for the rest. Both sum over j (or over a latent's entries) in the same
+// fp32), taken whenever d is a multiple of the vector width and every tensor's start is aligned
+// to its pack (V elements: 32 bytes for float32 rows beside 16-bit weights), and a scalar kernel
+// for the rest. Both sum over j (or over a latent's entries) in the same
 // order, except gather_dot, whose lanes split the columns differently.
 #include "cuda/sparse_rows.cuh"
 #include "sparse_ops.h"
