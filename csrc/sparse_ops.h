@@ -1,14 +1,16 @@
 // Sparse decode (SPEC 3), its backward, and the encoder backward (SPEC 1), written once for
 // every device on top of three row primitives that each backend provides as `Rows`:
-//   gather_rows(coef [N,k], idx [N,k], W [M,d]) -> [N,d]      sum_j coef * W[idx]
+//   gather_rows(coef [N,k], idx [N,k], W [M,d], bias [d] or undefined, out_dtype) -> [N,d]
+//                                                             sum_j coef * W[idx] (+ bias)
 //   gather_dot(rows [N,d], idx [N,k], W [M,d]) -> [N,k]       rows[n] . W[idx[n,j]]
 //   scatter_rows(coef [N,k], idx [N,k], rows [N,d], M, out_dtype) -> ([M,d], [M])
 //                                                             per-latent sums
 // accumulated in the accumulation dtype (float32, float64 for float64), from the N x k nonzeros
-// only. Results are in the accumulation dtype, except scatter_rows' [M, d] sums, which are cast
-// once to out_dtype. `rows` may be in any float dtype; a backend whose Rows::kReadsNarrowRows is
-// true reads rows in W's (out_dtype's) own dtype as they are, widening element by element (so a
-// 16-bit gradient is never copied to float32), and widens any other dtype by a copy.
+// only. Results are in the accumulation dtype, except gather_rows' and scatter_rows' sums,
+// which are cast once to out_dtype (gather_rows adds its bias in the accumulation dtype first).
+// `rows` may be in any float dtype; a backend whose Rows::kReadsNarrowRows is true reads rows in
+// W's (out_dtype's) own dtype as they are, widening element by element (so a 16-bit gradient is
+// never copied to float32), and widens any other dtype by a copy.
 #pragma once
 
 #include "checks.h"
@@ -38,9 +40,7 @@ at::Tensor sparse_decode(const at::Tensor& values, const at::Tensor& indices,
   check_size(b_dec, 0, W_dec.size(1), "b_dec", "d = W_dec.shape[1]");
   check_same_dtype(values, b_dec, "values", "b_dec");
   check_same_device(values, b_dec, "values", "b_dec");
-  auto acc = Rows::gather_rows(values, indices, W_dec);
-  acc.add_(b_dec.to(acc.scalar_type()));
-  return acc.to(values.scalar_type());
+  return Rows::gather_rows(values, indices, W_dec, b_dec, values.scalar_type());
 }
 
 template <class Rows>
@@ -87,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_encode_backward(
   // dpre = dvalues * (pre > 0) at the selected latents; relu(pre) > 0 exactly when pre > 0.
   auto dpre = grad_values.to(acc) * values.gt(0).to(acc);
   auto xc = x.to(acc) - b_dec.to(acc);
-  auto dx = Rows::gather_rows(dpre, indices, W_enc);
+  auto dx = Rows::gather_rows(dpre, indices, W_enc, at::Tensor(), acc);
   auto [dW, db_enc] = Rows::scatter_rows(dpre, indices, xc, M, W_enc.scalar_type());
   auto db_dec = dx.sum(0).neg_();
   return {dx.to(x.scalar_type()), dW, db_enc.to(W_enc.scalar_type()),

@@ -27,8 +27,11 @@ std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef, const at:
 struct Rows {
   // The loops read rows in the acc dtype: the caller widens a 16-bit gradient once.
   static constexpr bool kReadsNarrowRows = false;
-  static at::Tensor gather_rows(const at::Tensor& c, const at::Tensor& i, const at::Tensor& W) {
-    return cpu::gather_rows(c, i, W);
+  static at::Tensor gather_rows(const at::Tensor& c, const at::Tensor& i, const at::Tensor& W,
+                                const at::Tensor& bias, at::ScalarType out_dtype) {
+    auto out = cpu::gather_rows(c, i, W);
+    if (bias.defined()) out.add_(bias.to(out.scalar_type()));
+    return out.to(out_dtype);
   }
   static at::Tensor gather_dot(const at::Tensor& r, const at::Tensor& i, const at::Tensor& W) {
     return cpu::gather_dot(r, i, W);

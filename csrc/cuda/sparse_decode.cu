@@ -57,9 +57,11 @@ dim3 column_grid(int64_t rows, int64_t d) {
   return dim3(static_cast<unsigned>(rows), static_cast<unsigned>(col_blocks));
 }
 
-template <typename scalar_t, typename acc_t>
+// out[n] = sum_j coef[n, j] * W[idx[n, j]] (+ bias), summed in acc_t, written as out_t.
+template <typename scalar_t, typename acc_t, typename out_t>
 __global__ void gather_rows_kernel(const acc_t* __restrict__ coef, const int64_t* __restrict__ idx,
-                                   const scalar_t* __restrict__ W, acc_t* __restrict__ out,
+                                   const scalar_t* __restrict__ W,
+                                   const scalar_t* __restrict__ bias, out_t* __restrict__ out,
                                    int64_t k, int64_t d) {
   const int64_t n = blockIdx.x;
   for (int64_t t = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; t < d;
@@ -68,7 +70,8 @@ __global__ void gather_rows_kernel(const acc_t* __restrict__ coef, const int64_t
     for (int64_t j = 0; j < k; ++j) {
       acc += coef[n * k + j] * static_cast<acc_t>(W[idx[n * k + j] * d + t]);
     }
-    out[n * d + t] = acc;
+    if (bias != nullptr) acc += static_cast<acc_t>(bias[t]);
+    out[n * d + t] = static_cast<out_t>(acc);
   }
 }
 
@@ -116,26 +119,35 @@ __global__ void scatter_rows_kernel(const acc_t* __restrict__ coef,
 }
 
 // gather_rows_kernel with V columns per thread (d % V == 0).
-template <typename scalar_t, typename acc_t, int V>
+template <typename scalar_t, typename acc_t, typename out_t, int V>
 __global__ void gather_rows_vec_kernel(const acc_t* __restrict__ coef,
                                        const int64_t* __restrict__ idx,
-                                       const scalar_t* __restrict__ W, acc_t* __restrict__ out,
+                                       const scalar_t* __restrict__ W,
+                                       const scalar_t* __restrict__ bias, out_t* __restrict__ out,
                                        int64_t k, int64_t d) {
   using In = Pack<scalar_t, V>;
-  using Out = Pack<acc_t, V>;
+  using Out = Pack<out_t, V>;
   const int64_t n = blockIdx.x, dv = d / V;
   for (int64_t t = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; t < dv;
        t += int64_t(gridDim.y) * blockDim.x) {
-    Out acc;
+    acc_t acc[V];
 #pragma unroll
-    for (int u = 0; u < V; ++u) acc.v[u] = 0;
+    for (int u = 0; u < V; ++u) acc[u] = 0;
     for (int64_t j = 0; j < k; ++j) {
       const acc_t c = coef[n * k + j];
       const In w = reinterpret_cast<const In*>(W + idx[n * k + j] * d)[t];
 #pragma unroll
-      for (int u = 0; u < V; ++u) acc.v[u] += c * static_cast<acc_t>(w.v[u]);
+      for (int u = 0; u < V; ++u) acc[u] += c * static_cast<acc_t>(w.v[u]);
     }
-    reinterpret_cast<Out*>(out + n * d)[t] = acc;
+    if (bias != nullptr) {
+      const In b = reinterpret_cast<const In*>(bias)[t];
+#pragma unroll
+      for (int u = 0; u < V; ++u) acc[u] += static_cast<acc_t>(b.v[u]);
+    }
+    Out o;
+#pragma unroll
+    for (int u = 0; u < V; ++u) o.v[u] = static_cast<out_t>(acc[u]);
+    reinterpret_cast<Out*>(out + n * d)[t] = o;
   }
 }
 
@@ -198,6 +210,29 @@ __global__ void scatter_rows_vec_kernel(const acc_t* __restrict__ coef,
   }
 }
 
+// sum_j coef * W[idx] (+ bias) per row: the 16-byte kernel where the packs fit.
+template <typename scalar_t, typename acc_t, typename out_t>
+void launch_gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::Tensor& W,
+                        const at::Tensor& bias, at::Tensor& out, int64_t N, int64_t k, int64_t d,
+                        cudaStream_t stream) {
+  constexpr int V = vec_width<scalar_t>();
+  const auto* cf = coef.data_ptr<acc_t>();
+  const auto* ix = idx.data_ptr<int64_t>();
+  const auto* w = W.data_ptr<scalar_t>();
+  const scalar_t* b = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
+  auto* o = out.data_ptr<out_t>();
+  // A missing bias is a null pointer, aligned to anything.
+  if (packs_fit(d, V, {{w, sizeof(scalar_t)}, {b, sizeof(scalar_t)}, {o, sizeof(out_t)}})) {
+    const auto [grid, threads] = packed_grid(N, d / V);
+    gather_rows_vec_kernel<scalar_t, acc_t, out_t, V>
+        <<<grid, threads, 0, stream>>>(cf, ix, w, b, o, k, d);
+  } else {
+    gather_rows_kernel<scalar_t, acc_t, out_t>
+        <<<column_grid(N, d), kThreads, 0, stream>>>(cf, ix, w, b, o, k, d);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // rows . W over every (n, j): the 16-byte kernel where the packs fit.
 template <typename scalar_t, typename row_t, typename acc_t>
 void launch_gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::Tensor& W,
@@ -245,30 +280,27 @@ void launch_scatter_rows(const at::Tensor& coef, const at::Tensor& order, const 
 
 }  // namespace
 
-at::Tensor Rows::gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::Tensor& W) {
+at::Tensor Rows::gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::Tensor& W,
+                             const at::Tensor& bias, at::ScalarType out_dtype) {
   const c10::cuda::CUDAGuard guard(W.device());
   const int64_t N = idx.size(0), k = idx.size(1), d = W.size(1);
-  auto out = at::empty({N, d}, W.options().dtype(acc_type(W.scalar_type())));
+  const auto acc = acc_type(W.scalar_type());
+  TORCH_CHECK(out_dtype == acc || out_dtype == W.scalar_type(),
+              "gather_rows writes the accumulation dtype or W's own, got ", out_dtype);
+  auto out = at::empty({N, d}, W.options().dtype(out_dtype));
   if (N == 0 || d == 0) return out;
-  if (k == 0) return out.zero_();
   auto Wc = W.contiguous();
   auto idxc = idx.contiguous();
-  auto coefc = coef.to(out.scalar_type()).contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto coefc = coef.to(acc).contiguous();
+  auto biasc = bias.defined() ? bias.to(W.scalar_type()).contiguous() : at::Tensor();
+  auto stream = c10::cuda::getCurrentCUDAStream().stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, W.scalar_type(), "gather_rows", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    constexpr int V = vec_width<scalar_t>();
-    if (packs_fit(d, V, {{Wc.data_ptr(), sizeof(scalar_t)}, {out.data_ptr(), sizeof(acc_t)}})) {
-      const auto [grid, threads] = packed_grid(N, d / V);
-      gather_rows_vec_kernel<scalar_t, acc_t, V><<<grid, threads, 0, stream>>>(
-          coefc.data_ptr<acc_t>(), idxc.data_ptr<int64_t>(), Wc.data_ptr<scalar_t>(),
-          out.data_ptr<acc_t>(), k, d);
+    if (out_dtype == acc) {
+      launch_gather_rows<scalar_t, acc_t, acc_t>(coefc, idxc, Wc, biasc, out, N, k, d, stream);
     } else {
-      gather_rows_kernel<scalar_t, acc_t><<<column_grid(N, d), kThreads, 0, stream>>>(
-          coefc.data_ptr<acc_t>(), idxc.data_ptr<int64_t>(), Wc.data_ptr<scalar_t>(),
-          out.data_ptr<acc_t>(), k, d);
+      launch_gather_rows<scalar_t, acc_t, scalar_t>(coefc, idxc, Wc, biasc, out, N, k, d, stream);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }

@@ -13,7 +13,8 @@ namespace saekit::cuda {
 struct Rows {
   // The kernels read rows in W's own 16-bit dtype, widening element by element.
   static constexpr bool kReadsNarrowRows = true;
-  static at::Tensor gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::Tensor& W);
+  static at::Tensor gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::Tensor& W,
+                                const at::Tensor& bias, at::ScalarType out_dtype);
   static at::Tensor gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::Tensor& W);
   static std::pair<at::Tensor, at::Tensor> scatter_rows(const at::Tensor& coef,
                                                         const at::Tensor& idx,
