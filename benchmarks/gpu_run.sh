@@ -60,8 +60,9 @@ build() {
 export -f build
 export OUT
 stage build 300 bash -c build || exit 1
-stage gpu_tests 150 python3 -m pytest tests -q -p no:cacheprovider -m gpu -rfE --durations=10
-stage triton_tests 120 python3 -m pytest tests/triton -q -p no:cacheprovider -rfE --durations=10
+# -v: one line per test as it ends, so a stage cut short by its cap still shows what passed.
+stage gpu_tests 150 python3 -m pytest tests -v -p no:cacheprovider -m gpu -rfE --durations=10
+stage triton_tests 120 python3 -m pytest tests/triton -v -p no:cacheprovider -rfE --durations=10
 stage bench_gpu 120 python3 benchmarks/bench_gpu.py
 stage saekit_bench 150 python3 -m saekit.bench --out "$OUT"
 stage other_tests 240 python3 -m pytest tests -q -p no:cacheprovider -m "not gpu" --ignore=tests/triton -rfE
