@@ -39,7 +39,6 @@
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/version.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -98,21 +97,20 @@ int64_t max_chunk(int64_t N, int64_t d, int64_t M, int64_t tiles) {
 }
 
 // a @ b in float32 for a, b of one dtype: 16-bit inputs on tensor cores with float32 output
-// (aten::mm.dtype, torch >= 2.8, which refuses float16 when the user allowed float16
-// accumulation), float32 inputs as they are.
+// (aten::mm.dtype, which refuses float16 when the user allowed float16 accumulation), float32
+// inputs as they are.
 at::Tensor mm_float(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() == at::kFloat) return at::mm(a, b);
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
-  if (a.scalar_type() != at::kHalf || !at::globalContext().allowFP16AccumulationCuBLAS()) {
-    return at::mm(a, b, at::kFloat);
+  if (a.scalar_type() == at::kHalf && at::globalContext().allowFP16AccumulationCuBLAS()) {
+    return at::mm(a.to(at::kFloat), b.to(at::kFloat));
   }
-#endif
-  return at::mm(a.to(at::kFloat), b.to(at::kFloat));
+  return at::mm(a, b, at::kFloat);
 }
 
-// The products a @ W[c0 : c0 + cols].T as a contiguous [N, cols] float32 tensor.
+// The products a @ W[c0 : c0 + cols].T (a and W of one dtype) as a contiguous [N, cols]
+// float32 tensor.
 at::Tensor products(const at::Tensor& a, const at::Tensor& W, int64_t c0, int64_t cols) {
-  return mm_float(a, W.narrow(0, c0, cols).to(a.scalar_type()).t()).contiguous();
+  return mm_float(a, W.narrow(0, c0, cols).t()).contiguous();
 }
 
 // Whether the selection runs on a second stream, overlapping the next chunk's GEMM: on unless
