@@ -74,8 +74,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_encode_backward(
                     grad_values.sizes());
   check_dim(x, 2, "x", "[N, d]");
   check_dim(W_enc, 2, "W_enc", "[M, d]");
+  check_dim(b_dec, 1, "b_dec", "[d]");
   check_size(values, 0, x.size(0), "values", "N = x.shape[0]");
   check_size(W_enc, 1, x.size(1), "W_enc", "d = x.shape[1]");
+  check_size(b_dec, 0, x.size(1), "b_dec", "d = x.shape[1]");
   // A CUDA kernel handed one host tensor among device ones would read host addresses.
   for (auto [t, n] : {std::pair{&grad_values, "grad_values"}, {&x, "x"}, {&W_enc, "W_enc"},
                       {&b_dec, "b_dec"}}) {

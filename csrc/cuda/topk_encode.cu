@@ -22,8 +22,8 @@
 // capture, which allows no host sync, every chunk is merged in full on the caller's stream.
 //
 // Working memory O((N + d) * C + N * (k + slice)), C chosen so that a tile ([N, C] float32
-// products, or a [C, d] float32 weight chunk) stays under 256 MB (up to three chunks' tiles
-// are alive at a time), and full merges going through [N, slice] keys with
+// products, or a [C, d] float32 weight chunk) stays under 256 MB, or holds 1024 latents where
+// N or d is above 65536 (up to three chunks' tiles are alive at a time), and full merges going through [N, slice] keys with
 // slice = max(k, min(2048, C / 4)): independent of M. The environment variable
 // SAEKIT_CUDA_ENCODE_CHUNK caps C (tests use it to exercise the merge on small shapes). The
 // fused GEMM-epilogue selection is the next step (issue 3). The keys, sinks and running
@@ -54,16 +54,18 @@ constexpr int kThreads = 256;
 constexpr int64_t kTileBytes = int64_t(256) << 20;
 constexpr int64_t kFirstChunk = 2048;
 // Columns [j0, j0 + cols) of a chunk whose products (and h) are [N, ld] and whose first latent
-// is c0: bias, score, keys, and each selection's sink.
+// is c0: bias, score, keys, and each selection's sink. Columns on x, rows on y (strided past
+// 65535): no per-element division.
 template <bool kGrad>
 __global__ void chunk_keys_kernel(const float* __restrict__ prod, const float* __restrict__ h,
                                   const float* __restrict__ h_scale,
                                   const float* __restrict__ bias, const bool* __restrict__ dead,
                                   float beta, int64_t c0, int64_t ld, int64_t j0, int64_t cols,
-                                  int64_t total, Sink main, Sink aux) {
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
-       e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = e / cols, j = e - row * cols, col = j0 + j, latent = c0 + col;
+                                  int64_t N, Sink main, Sink aux) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (j >= cols) return;
+  const int64_t col = j0 + j, latent = c0 + col;
+  for (int64_t row = blockIdx.y; row < N; row += gridDim.y) {
     const int64_t src = row * ld + col;
     const float pre = __fadd_rn(prod[src], bias[col]);
     float score = pre;
@@ -167,8 +169,11 @@ class Encoder {
     // g for the h product; for float16, each row divided by a power of two (kept in g_scale_).
     if (kGrad && x.scalar_type() == at::kHalf) {
       auto gf = g.to(at::kFloat);
-      auto scale = at::ldexp(at::ones({N_, 1}, gf.options()),
-                             std::get<1>(at::frexp(gf.abs().amax(1, true))));
+      const auto amax = d > 0 ? gf.abs().amax(1, true) : at::zeros({N_, 1}, gf.options());
+      // 2^exponent, finite (at most 2^127) and 1 for rows holding inf or NaN.
+      auto exponent = std::get<1>(at::frexp(amax)).clamp_max(127);
+      exponent = at::where(at::isfinite(amax), exponent, at::zeros_like(exponent));
+      auto scale = at::ldexp(at::ones({N_, 1}, gf.options()), exponent);
       gm_ = (gf / scale).to(at::kHalf).contiguous();
       g_scale_ = scale.reshape({N_}).contiguous();
     } else if (kGrad) {
@@ -235,14 +240,15 @@ class Encoder {
   }
 
   void launch(const Chunk& c, int64_t j0, int64_t n_cols, const Sink& main, const Sink& aux) {
-    const int64_t total = N_ * n_cols;
-    const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8);
+    if (N_ == 0 || n_cols == 0) return;
+    const dim3 blocks(static_cast<unsigned>((n_cols + kThreads - 1) / kThreads),
+                      static_cast<unsigned>(std::min<int64_t>(N_, 65535)));
     chunk_keys_kernel<kGrad><<<blocks, kThreads, 0, side_.stream()>>>(
         c.prod.template data_ptr<float>(), kGrad ? c.h.template data_ptr<float>() : nullptr,
         g_scale_.defined() ? g_scale_.template data_ptr<float>() : nullptr,
         c.bias.template data_ptr<float>(),
         dead_.defined() ? dead_.template data_ptr<bool>() : nullptr, beta_, c.c0, c.cols, j0,
-        n_cols, total, main, aux);
+        n_cols, N_, main, aux);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 

@@ -24,9 +24,10 @@ def test_report_rows_and_table(bench_gpu, tmp_path, monkeypatch):
     assert [(r["d"], r["M"], r["k"], r["backend"]) for r in rows] == [(16, 256, 4, "cpu"), (8, 64, 64, "cpu")]
     for r in rows:
         assert r["encode_over_gemm"] > 0 and r["gsae_over_two_gemms"] > 0 and r["decode_bandwidth_fraction"] > 0
+        assert r["skewed_decode_bandwidth_fraction"] > 0
         assert r["step_ms"] > 0 and r["reference_over_step"] > 0
     table = [line for line in md.splitlines() if line.startswith("| 16 |") or line.startswith("| 8 |")]
-    assert len(table) == 2 and all(line.count("|") == 11 for line in table)
+    assert len(table) == 2 and all(line.count("|") == 12 for line in table)
     saved = json.loads((tmp_path / "smoke.json").read_text())
     assert saved["rows"] == rows and (tmp_path / "smoke.md").read_text() == md
 

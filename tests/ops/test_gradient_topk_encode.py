@@ -9,6 +9,7 @@ from tests.ops.cases import (
     assert_close_to_oracle,
     encoder_inputs,
     far_gradient_case,
+    limit_gradient_case,
     grads,
     grid,
     leaves,
@@ -131,6 +132,32 @@ def test_nan_scores_match_reference(device, backend):
     assert out.indices[:, :2].tolist() == [[4, 17]] * N
     assert torch.equal(out.indices, expect.indices)
     torch.testing.assert_close(out.values, expect.values, equal_nan=True)
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+def test_float16_gradient_rows_at_float32_limits(device, backend):
+    """Gradient rows whose largest entry is 2**127 (its power-of-two row scale must stay finite),
+    inf, NaN or zero: selections as the reference's, h reaching inf on the 2**127 row."""
+    args = limit_gradient_case(device)
+    out = gradient_topk_encode(*args, 5, beta=2.0**-126, backend=backend)
+    expect = gradient_topk_encode(*args, 5, beta=2.0**-126, backend="reference")
+    assert torch.equal(out.indices, expect.indices)
+    assert torch.equal(out.values, expect.values)
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_width_inputs(device, backend, dtype):
+    """d = 0: every pre-activation is b_enc and the gradient term is zero."""
+    x, W, be, bd = encoder_inputs(6, 0, 9, dtype, device=device)
+    grad, W_dec = _grad_inputs(6, 0, 9, dtype, 0, device)
+    out = gradient_topk_encode(x, grad, W, be, W_dec, bd, 4, beta=1.0, backend=backend)
+    expect = gradient_topk_encode(x, grad, W, be, W_dec, bd, 4, beta=1.0, backend="reference")
+    assert torch.equal(out.indices, expect.indices)
+    assert torch.equal(out.values, expect.values)
+    bias = be.float().tolist()
+    best = sorted(range(9), key=lambda i: (-bias[i], i))[:4]
+    assert out.indices.tolist() == [best] * 6
 
 
 @pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)

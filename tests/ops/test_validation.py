@@ -106,6 +106,8 @@ def test_unknown_or_unavailable_backend():
     (lambda: torch.ops.saekit.topk_encode(torch.randn(N, d), torch.randn(M, d), torch.randn(M), torch.randn(d), k, torch.ones(M, dtype=torch.bool), M + 1), ValueError, "k_aux must lie"),
     (lambda: torch.ops.saekit.gradient_topk_encode(torch.randn(N, d), torch.randn(N, d), torch.randn(M, d), torch.randn(M), torch.randn(M, d), torch.randn(d), k, float("nan")), ValueError, "beta must be finite"),
     (lambda: torch.ops.saekit.topk_encode_backward(torch.randn(N, k), torch.randn(N, k), torch.full((N, k), M), torch.randn(N, d), torch.randn(M, d), torch.randn(d)), ValueError, "indices must lie"),
+    (lambda: torch.ops.saekit.topk_encode_backward(torch.randn(N, k), torch.randn(N, k), torch.zeros(N, k, dtype=torch.int64), torch.randn(N, d), torch.randn(M, d), torch.randn(1)), ValueError, r"b_dec.shape\[0\] must equal"),
+    (lambda: torch.ops.saekit.topk_encode_backward(torch.randn(N, k), torch.randn(N, k), torch.zeros(N, k, dtype=torch.int64), torch.randn(N, d), torch.randn(M, d), torch.randn(N, d)), ValueError, "b_dec must have shape"),
 ])
 def test_compiled_ops_check_their_arguments(call, exc, match):
     with pytest.raises(exc, match=match):

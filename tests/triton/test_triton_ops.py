@@ -308,9 +308,12 @@ def _opcheck_args(op, device):
     return {
         "topk_encode": [(*leaf(x, W, be, bd), 4, None, 0), (*leaf(x, W, be, bd), 4, dead, 3)],
         "gradient_topk_encode": [(*leaf(x), grad, *leaf(W, be), W_dec, *leaf(bd), 4, 0.5)],
-        "topk_encode_backward": [(torch.randn(9, 4).to(device), values, idx, x, W, bd)],
+        # Column-major x, W and values too: the fakes must give the kernels' contiguous strides.
+        "topk_encode_backward": [(torch.randn(9, 4).to(device), values, idx, x, W, bd),
+                                 (torch.randn(9, 4).to(device), values, idx, x.T.contiguous().T, W.T.contiguous().T, bd)],
         "sparse_decode": [(*leaf(values), idx, *leaf(W_dec, bd))],
-        "sparse_decode_backward": [(grad, values, idx, W_dec)],
+        "sparse_decode_backward": [(grad, values, idx, W_dec),
+                                   (grad, values.T.contiguous().T, idx, W_dec.T.contiguous().T)],
     }[op]
 
 
@@ -377,5 +380,23 @@ def test_float16_gradients_outside_float16_range(device, power):
     args, beta = far_gradient_case(power, device=device)
     out = gradient_topk_encode(*args, 7, beta=beta, backend="triton")
     expect = gradient_topk_encode(*args, 7, beta=beta, backend="reference")
+    assert torch.equal(out.indices, expect.indices)
+    assert torch.equal(out.values, expect.values)
+
+
+def test_float16_gradient_rows_at_float32_limits(device):
+    """Rows whose largest gradient entry is 2**127, inf, NaN or zero, and a zero-width g: the
+    power-of-two row scales stay finite (1 for non-finite rows) and the selections match."""
+    from tests.ops.cases import limit_gradient_case
+    from saekit.triton.topk_encode import g_operand
+
+    args = limit_gradient_case(device)
+    grad = args[1]
+    _, scale = g_operand(grad, torch.float16)
+    assert scale[:4].tolist() == [2.0**127, 1.0, 1.0, 1.0]
+    _, scale = g_operand(grad[:, :0], torch.float16)
+    assert scale.tolist() == [1.0] * 8
+    out = gradient_topk_encode(*args, 5, beta=2.0**-126, backend="triton")
+    expect = gradient_topk_encode(*args, 5, beta=2.0**-126, backend="reference")
     assert torch.equal(out.indices, expect.indices)
     assert torch.equal(out.values, expect.values)

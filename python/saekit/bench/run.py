@@ -74,15 +74,17 @@ def main(argv=None) -> int:
     prov = harness.provenance(str(device))
     print(f"saekit bench on {prov['device']}: {len(shapes)} shapes x {len(args.cases)} cases, "
           f"contenders: dense torch, {', '.join(c.name for c in contenders)}", flush=True)
+    out = args.out or Path(os.environ.get("SAEKIT_RESULTS_DIR") or Path.cwd() / "benchmarks" / "results")
+    stem = "bench_" + ("quick_" if args.quick else "") + device.type
     rows = []
     for i, shape in enumerate(shapes):
         print(f"[{i + 1}/{len(shapes)}] {shape.label()}", flush=True)
         rows += measure_shape(shape, device, contenders, args.cases, repeats=repeats, sets=args.sets,
                               log=lambda s: print(s, flush=True))
-    payload = {"provenance": prov, "mode": "quick" if args.quick else "full", "repeats": repeats, "rows": rows}
-    out = args.out or Path(os.environ.get("SAEKIT_RESULTS_DIR") or Path.cwd() / "benchmarks" / "results")
-    stem = "bench_" + ("quick_" if args.quick else "") + device.type
-    paths = report.write(payload, out, stem)
+        # Rewritten after every shape, so that a run stopped early keeps the shapes it measured.
+        payload = {"provenance": prov, "mode": "quick" if args.quick else "full", "repeats": repeats,
+                   "shapes_measured": f"{i + 1} of {len(shapes)}", "rows": rows}
+        paths = report.write(payload, out, stem)
     print()
     print(paths["markdown"].read_text())
     print("written: " + ", ".join(str(p) for p in paths.values() if p is not None))

@@ -46,11 +46,16 @@ def all_reduce_(t: torch.Tensor, group, what: str) -> torch.Tensor:
     return t
 
 
+# torch 2.14 renamed all_gather_into_tensor (deprecated there) to all_gather_single; 2.11 has
+# only the old name.
+_all_gather_flat = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gather_into_tensor", None)
+
+
 def _all_gather_rows(t: torch.Tensor, group, what: str) -> torch.Tensor:
     """[B, ...] on each of R ranks -> [R, B, ...] (rank order)."""
     out = t.new_empty(group_size(group), *t.shape)
     with guard(what, group):
-        dist.all_gather_single(out.view(-1), t.contiguous().view(-1), group=group)
+        _all_gather_flat(out.view(-1), t.contiguous().view(-1), group=group)
     return out
 
 

@@ -45,7 +45,7 @@ def _sparse_decode_fake(values, indices, W_dec, b_dec):
 
 @torch.library.register_fake("saekit::sparse_decode_backward")
 def _sparse_decode_backward_fake(grad_out, values, indices, W_dec):
-    return torch.empty_like(values), torch.empty_like(W_dec), W_dec.new_empty(W_dec.shape[1])
+    return values.new_empty(values.shape), W_dec.new_empty(W_dec.shape), W_dec.new_empty(W_dec.shape[1])
 
 
 _backward, _setup_context = sparse_decode_autograd(torch.ops.saekit.sparse_decode_backward)

@@ -80,11 +80,12 @@ def _topk_encode_fake(x, W_enc, b_enc, b_dec, k, dead, k_aux):
 
 @torch.library.register_fake("saekit::topk_encode_backward")
 def _topk_encode_backward_fake(grad_values, values, indices, x, W_enc, b_dec):
+    # new_empty, not empty_like: the kernels return contiguous gradients for strided inputs too.
     return (
-        torch.empty_like(x),
-        torch.empty_like(W_enc),
+        x.new_empty(x.shape),
+        W_enc.new_empty(W_enc.shape),
         W_enc.new_empty(W_enc.shape[0]),
-        torch.empty_like(b_dec),
+        b_dec.new_empty(b_dec.shape),
     )
 
 

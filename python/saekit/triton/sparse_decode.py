@@ -37,7 +37,7 @@ def _sparse_decode_backward_op(
 
 @_sparse_decode_backward_op.register_fake
 def _(grad_out, values, indices, W_dec):
-    return torch.empty_like(values), torch.empty_like(W_dec), W_dec.new_empty(W_dec.shape[1])
+    return values.new_empty(values.shape), W_dec.new_empty(W_dec.shape), W_dec.new_empty(W_dec.shape[1])
 
 
 _backward, _setup_context = sparse_decode_autograd(torch.ops.saekit_triton.sparse_decode_backward)

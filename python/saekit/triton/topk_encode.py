@@ -43,7 +43,11 @@ def g_operand(g: Tensor, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
     if dtype != torch.float16:
         return g.to(dtype), None
     g = g.float()
-    scale = torch.ldexp(torch.ones(g.shape[0], 1, device=g.device), torch.frexp(g.abs().amax(1, keepdim=True))[1])
+    amax = g.abs().amax(1, keepdim=True) if g.shape[1] else g.new_zeros(g.shape[0], 1)
+    # 2^exponent, finite (at most 2^127) and 1 for rows holding inf or NaN.
+    exponent = torch.frexp(amax)[1].clamp_max(127)
+    exponent = torch.where(torch.isfinite(amax), exponent, torch.zeros_like(exponent))
+    scale = torch.ldexp(torch.ones_like(amax), exponent)
     return (g / scale).to(dtype), scale.reshape(-1).contiguous()
 
 
@@ -118,7 +122,7 @@ def _topk_encode_backward_op(
 
 @_topk_encode_backward_op.register_fake
 def _(grad_values, values, indices, x, W_enc, b_dec):
-    return torch.empty_like(x), torch.empty_like(W_enc), W_enc.new_empty(W_enc.shape[0]), torch.empty_like(b_dec)
+    return x.new_empty(x.shape), W_enc.new_empty(W_enc.shape), W_enc.new_empty(W_enc.shape[0]), b_dec.new_empty(b_dec.shape)
 
 
 _backward, _setup = topk_encode_autograd(torch.ops.saekit_triton.topk_encode_backward)
