@@ -27,7 +27,7 @@ def test_report_rows_and_table(bench_gpu, tmp_path, monkeypatch):
         assert r["skewed_decode_bandwidth_fraction"] > 0
         assert r["step_ms"] > 0 and r["reference_over_step"] > 0
     table = [line for line in md.splitlines() if line.startswith("| 16 |") or line.startswith("| 8 |")]
-    assert len(table) == 2 and all(line.count("|") == 12 for line in table)
+    assert len(table) == 2 and all(line.count("|") == 13 for line in table)
     saved = json.loads((tmp_path / "smoke.json").read_text())
     assert saved["rows"] == rows and (tmp_path / "smoke.md").read_text() == md
 
@@ -56,3 +56,10 @@ def test_serial_variant_sets_and_restores_the_overlap_switch(bench_gpu, monkeypa
     assert os.environ["SAEKIT_CUDA_ENCODE_OVERLAP"] == "1"
     with bench_gpu.variant("triton") as backend:
         assert backend == "triton" and os.environ["SAEKIT_CUDA_ENCODE_OVERLAP"] == "1"
+
+
+def test_goal_misses_names_each_missed_goal(bench_gpu):
+    row = dict(encode_over_gemm=1.10, gsae_over_two_gemms=1.20, decode_bandwidth_fraction=0.65)
+    assert bench_gpu.goal_misses(row) == "g-SAE 1.20; decode 0.65"
+    row.update(gsae_over_two_gemms=1.15, decode_bandwidth_fraction=0.70)
+    assert bench_gpu.goal_misses(row) == "all met"
