@@ -3,8 +3,8 @@
 // Each primitive has a vector kernel, whose threads move 16 bytes per load (8 bf16/fp16, 4
 // fp32), taken whenever d is a multiple of the vector width and every tensor's start is aligned
 // to its pack (V elements: 32 bytes for float32 rows beside 16-bit weights), and a scalar kernel
-// for the rest. Both sum over j (or over a latent's entries) in the same
-// order, except gather_dot, whose lanes split the columns differently.
+// (or the same kernel with V = 1) for the rest. Both sum over j (or over a latent's entries) in
+// the same order, except gather_dot, whose lanes split the columns differently.
 #include "cuda/sparse_rows.cuh"
 #include "sparse_ops.h"
 
@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 #include <utility>
 
 namespace saekit::cuda {
@@ -93,31 +94,6 @@ __global__ void gather_dot_kernel(const row_t* __restrict__ rows, const int64_t*
   if (lane == 0) out[e] = s;
 }
 
-// rows in row_t (the accumulation dtype or out_t), sums accumulated in acc_t, written as out_t.
-template <typename row_t, typename out_t, typename acc_t>
-__global__ void scatter_rows_kernel(const acc_t* __restrict__ coef,
-                                    const int64_t* __restrict__ order,
-                                    const int64_t* __restrict__ start,
-                                    const row_t* __restrict__ rows, out_t* __restrict__ out,
-                                    acc_t* __restrict__ coef_sum, int64_t k, int64_t d) {
-  const int64_t i = blockIdx.x;
-  const int64_t p0 = start[i], p1 = start[i + 1];
-  for (int64_t t = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; t < d;
-       t += int64_t(gridDim.y) * blockDim.x) {
-    acc_t acc = 0;
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t e = order[p];
-      acc += coef[e] * static_cast<acc_t>(rows[(e / k) * d + t]);
-    }
-    out[i * d + t] = static_cast<out_t>(acc);
-  }
-  if (blockIdx.y == 0 && threadIdx.x == 0) {
-    acc_t c = 0;
-    for (int64_t p = p0; p < p1; ++p) c += coef[order[p]];
-    coef_sum[i] = c;
-  }
-}
-
 // gather_rows_kernel with V columns per thread (d % V == 0).
 template <typename scalar_t, typename acc_t, typename out_t, int V>
 __global__ void gather_rows_vec_kernel(const acc_t* __restrict__ coef,
@@ -175,41 +151,6 @@ __global__ void gather_dot_vec_kernel(const row_t* __restrict__ rows,
   if (lane == 0) out[e] = s;
 }
 
-// scatter_rows_kernel with V columns per thread (d % V == 0); coef_sum as there.
-template <typename row_t, typename out_t, typename acc_t, int V>
-__global__ void scatter_rows_vec_kernel(const acc_t* __restrict__ coef,
-                                        const int64_t* __restrict__ order,
-                                        const int64_t* __restrict__ start,
-                                        const row_t* __restrict__ rows, out_t* __restrict__ out,
-                                        acc_t* __restrict__ coef_sum, int64_t k, int64_t d) {
-  using Row = Pack<row_t, V>;
-  using Out = Pack<out_t, V>;
-  const int64_t i = blockIdx.x, dv = d / V;
-  const int64_t p0 = start[i], p1 = start[i + 1];
-  for (int64_t t = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; t < dv;
-       t += int64_t(gridDim.y) * blockDim.x) {
-    acc_t acc[V];
-#pragma unroll
-    for (int u = 0; u < V; ++u) acc[u] = 0;
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t e = order[p];
-      const acc_t c = coef[e];
-      const Row r = reinterpret_cast<const Row*>(rows + (e / k) * d)[t];
-#pragma unroll
-      for (int u = 0; u < V; ++u) acc[u] += c * static_cast<acc_t>(r.v[u]);
-    }
-    Out o;
-#pragma unroll
-    for (int u = 0; u < V; ++u) o.v[u] = static_cast<out_t>(acc[u]);
-    reinterpret_cast<Out*>(out + i * d)[t] = o;
-  }
-  if (blockIdx.y == 0 && threadIdx.x == 0) {
-    acc_t c = 0;
-    for (int64_t p = p0; p < p1; ++p) c += coef[order[p]];
-    coef_sum[i] = c;
-  }
-}
-
 // sum_j coef * W[idx] (+ bias) per row: the 16-byte kernel where the packs fit.
 template <typename scalar_t, typename acc_t, typename out_t>
 void launch_gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::Tensor& W,
@@ -254,28 +195,191 @@ void launch_gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Per-latent sums of coef * rows over the latent's entries (order[start[i]:start[i+1]]).
+// Per-latent sums of coef * rows (Rows::scatter_rows), over the N*k entries sorted by latent
+// (stable: within a latent, in entry order) and cut into pieces of P consecutive entries, so
+// that a latent chosen by most tokens is spread over many blocks instead of one:
+// - scatter_pieces_kernel: block (b, y) walks piece b's entries once for its columns. A latent
+//   whose entries all lie in the piece is written out; one that crosses the piece's ends leaves
+//   a partial sum: `tail` in the piece where it starts, `head` in each later piece it reaches.
+// - scatter_finish_kernel: per piece whose last latent continues past it, that latent's row is
+//   tail[b] + head[b + 1] + ... + head[b1], in piece order (deterministic, no atomics).
+// - zero_empty_rows_kernel: zero rows for the latents that no entry chose.
+// Entries come as (lat: latent, src: row of `rows`, coef) arrays in sorted order; start[i] is
+// the first sorted position of latent i (start[M] = E).
+struct SortedEntries {
+  const int32_t* lat;
+  const int64_t* src;
+  const int64_t* start;
+  int64_t E, P;
+};
+
+// Where a finished run of latent L (sorted positions [s, e)) seen by piece [q0, q1) goes.
+enum class RunEnd { kOut, kHead, kTail };
+__device__ __forceinline__ RunEnd run_end(const SortedEntries& en, int64_t L, int64_t q0,
+                                          int64_t q1) {
+  const int64_t s = en.start[L], e = en.start[L + 1];
+  if (s >= q0 && e <= q1) return RunEnd::kOut;
+  return s < q0 ? RunEnd::kHead : RunEnd::kTail;
+}
+
+template <typename row_t, typename out_t, typename acc_t, int V>
+__global__ void scatter_pieces_kernel(SortedEntries en, const acc_t* __restrict__ coef,
+                                      const row_t* __restrict__ rows, out_t* __restrict__ out,
+                                      acc_t* __restrict__ coef_sum, acc_t* __restrict__ head,
+                                      acc_t* __restrict__ tail, acc_t* __restrict__ coef_head,
+                                      acc_t* __restrict__ coef_tail, int64_t d) {
+  using Row = Pack<row_t, V>;
+  using Out = Pack<out_t, V>;
+  constexpr int U = 4;  // entries whose loads are issued together
+  const int64_t b = blockIdx.x, q0 = b * en.P, q1 = min(en.E, q0 + en.P), dv = d / V;
+  for (int64_t t = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; t < dv;
+       t += int64_t(gridDim.y) * blockDim.x) {
+    acc_t acc[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u) acc[u] = 0;
+    int64_t cur = en.lat[q0];
+    auto emit = [&](int64_t L) {
+      const RunEnd where = run_end(en, L, q0, q1);
+      if (where == RunEnd::kOut) {
+        Out o;
+#pragma unroll
+        for (int u = 0; u < V; ++u) o.v[u] = static_cast<out_t>(acc[u]);
+        reinterpret_cast<Out*>(out + L * d)[t] = o;
+      } else {
+        acc_t* part = (where == RunEnd::kHead ? head : tail) + b * d + t * V;
+#pragma unroll
+        for (int u = 0; u < V; ++u) part[u] = acc[u];
+      }
+#pragma unroll
+      for (int u = 0; u < V; ++u) acc[u] = 0;
+    };
+    for (int64_t q = q0; q < q1; q += U) {
+      int64_t L[U];
+      acc_t c[U];
+      Row r[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (q + u < q1) {
+          L[u] = en.lat[q + u];
+          c[u] = coef[q + u];
+          r[u] = reinterpret_cast<const Row*>(rows + en.src[q + u] * d)[t];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (q + u < q1) {
+          if (L[u] != cur) {
+            emit(cur);
+            cur = L[u];
+          }
+#pragma unroll
+          for (int w = 0; w < V; ++w) acc[w] += c[u] * static_cast<acc_t>(r[u].v[w]);
+        }
+      }
+    }
+    emit(cur);
+  }
+  if (blockIdx.y == 0 && threadIdx.x == 0) {
+    acc_t sum = 0;
+    int64_t cur = en.lat[q0];
+    for (int64_t q = q0; q <= q1; ++q) {
+      const int64_t L = q < q1 ? en.lat[q] : -1;
+      if (L != cur) {
+        const RunEnd where = run_end(en, cur, q0, q1);
+        (where == RunEnd::kOut ? coef_sum[cur] : where == RunEnd::kHead ? coef_head[b] : coef_tail[b]) = sum;
+        sum = 0;
+        cur = L;
+      }
+      if (q < q1) sum += coef[q];
+    }
+  }
+}
+
+template <typename out_t, typename acc_t, int V>
+__global__ void scatter_finish_kernel(SortedEntries en, out_t* __restrict__ out,
+                                      acc_t* __restrict__ coef_sum, const acc_t* __restrict__ head,
+                                      const acc_t* __restrict__ tail,
+                                      const acc_t* __restrict__ coef_head,
+                                      const acc_t* __restrict__ coef_tail, int64_t d) {
+  using Out = Pack<out_t, V>;
+  const int64_t b = blockIdx.x, q0 = b * en.P, q1 = min(en.E, q0 + en.P), dv = d / V;
+  const int64_t L = en.lat[q1 - 1];
+  if (run_end(en, L, q0, q1) != RunEnd::kTail) return;  // uniform across the block
+  const int64_t b1 = (en.start[L + 1] - 1) / en.P;
+  for (int64_t t = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; t < dv;
+       t += int64_t(gridDim.y) * blockDim.x) {
+    acc_t acc[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u) acc[u] = tail[b * d + t * V + u];
+    for (int64_t bb = b + 1; bb <= b1; ++bb) {
+#pragma unroll
+      for (int u = 0; u < V; ++u) acc[u] += head[bb * d + t * V + u];
+    }
+    Out o;
+#pragma unroll
+    for (int u = 0; u < V; ++u) o.v[u] = static_cast<out_t>(acc[u]);
+    reinterpret_cast<Out*>(out + L * d)[t] = o;
+  }
+  if (blockIdx.y == 0 && threadIdx.x == 0) {
+    acc_t sum = coef_tail[b];
+    for (int64_t bb = b + 1; bb <= b1; ++bb) sum += coef_head[bb];
+    coef_sum[L] = sum;
+  }
+}
+
+// One warp per latent; rows of latents without entries become zeros (coef_sum too).
+template <typename out_t, typename acc_t>
+__global__ void zero_empty_rows_kernel(const int64_t* __restrict__ start, out_t* __restrict__ out,
+                                       acc_t* __restrict__ coef_sum, int64_t M, int64_t d) {
+  const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
+  const int lane = threadIdx.x % 32;
+  for (int64_t L = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; L < M; L += warps) {
+    if (start[L] != start[L + 1]) continue;  // uniform across the warp
+    for (int64_t t = lane; t < d; t += 32) out[L * d + t] = static_cast<out_t>(0);
+    if (lane == 0) coef_sum[L] = 0;
+  }
+}
+
+// Entries per piece: about 2048 pieces (head and tail partials then take at most
+// 2 * 2048 * d * 4 bytes), at least 32 entries each.
+int64_t piece_entries(int64_t E) { return std::max<int64_t>(32, (E + 2047) / 2048); }
+
 template <typename row_t, typename out_t, typename acc_t>
-void launch_scatter_rows(const at::Tensor& coef, const at::Tensor& order, const at::Tensor& start,
-                         const at::Tensor& rows, at::Tensor& out, at::Tensor& coef_sum, int64_t M,
-                         int64_t k, int64_t d, cudaStream_t stream) {
-  constexpr int V = vec_width<row_t>();
-  const auto* cf = coef.data_ptr<acc_t>();
-  const auto* ord = order.data_ptr<int64_t>();
-  const auto* st = start.data_ptr<int64_t>();
-  const auto* r = rows.data_ptr<row_t>();
+void launch_scatter_rows(const SortedEntries& en, const at::Tensor& coef, const at::Tensor& rows,
+                         at::Tensor& out, at::Tensor& coef_sum, int64_t M, int64_t d,
+                         cudaStream_t stream) {
   auto* o = out.data_ptr<out_t>();
   auto* cs = coef_sum.data_ptr<acc_t>();
-  if (d > 0 && packs_fit(d, V, {{r, sizeof(row_t)}, {o, sizeof(out_t)}})) {
-    const auto [grid, threads] = packed_grid(M, d / V);
-    scatter_rows_vec_kernel<row_t, out_t, acc_t, V>
-        <<<grid, threads, 0, stream>>>(cf, ord, st, r, o, cs, k, d);
-  } else {
-    scatter_rows_kernel<row_t, out_t, acc_t>
-        <<<column_grid(M, std::max<int64_t>(d, 1)), kThreads, 0, stream>>>(cf, ord, st, r, o,
-                                                                            cs, k, d);
+  {
+    const int64_t blocks = std::min<int64_t>((M * 32 + kThreads - 1) / kThreads, 65535 * 4);
+    zero_empty_rows_kernel<out_t, acc_t><<<blocks, kThreads, 0, stream>>>(en.start, o, cs, M, d);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (en.E == 0) return;
+  const int64_t pieces = (en.E + en.P - 1) / en.P;
+  auto part_opts = rows.options().dtype(coef.scalar_type());
+  auto head = at::empty({pieces, d}, part_opts), tail = at::empty({pieces, d}, part_opts);
+  auto coef_head = at::empty({pieces}, part_opts), coef_tail = at::empty({pieces}, part_opts);
+  const auto* cf = coef.data_ptr<acc_t>();
+  const auto* r = rows.data_ptr<row_t>();
+  auto launch = [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    const auto [grid, threads] = packed_grid(pieces, std::max<int64_t>(d / V, 1));
+    scatter_pieces_kernel<row_t, out_t, acc_t, V><<<grid, threads, 0, stream>>>(
+        en, cf, r, o, cs, head.data_ptr<acc_t>(), tail.data_ptr<acc_t>(),
+        coef_head.data_ptr<acc_t>(), coef_tail.data_ptr<acc_t>(), d);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    scatter_finish_kernel<out_t, acc_t, V><<<grid, threads, 0, stream>>>(
+        en, o, cs, head.data_ptr<acc_t>(), tail.data_ptr<acc_t>(), coef_head.data_ptr<acc_t>(),
+        coef_tail.data_ptr<acc_t>(), d);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  constexpr int V = vec_width<row_t>();
+  if (packs_fit(d, V, {{r, sizeof(row_t)}, {o, sizeof(out_t)}})) {
+    launch(std::integral_constant<int, V>{});
+  } else {
+    launch(std::integral_constant<int, 1>{});
+  }
 }
 
 }  // namespace
@@ -337,25 +441,29 @@ std::pair<at::Tensor, at::Tensor> Rows::scatter_rows(const at::Tensor& coef, con
   auto out = at::empty({M, d}, rows.options().dtype(out_dtype));
   auto coef_sum = at::empty({M}, rows.options().dtype(acc));
   if (M == 0) return {out, coef_sum};
-  auto flat = idx.reshape({-1});
-  auto sorted = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  const auto& sorted_idx = std::get<0>(sorted);
-  auto order = std::get<1>(sorted).contiguous();
-  auto start = at::searchsorted(sorted_idx, at::arange(M + 1, flat.options())).contiguous();
-  auto coefc = coef.to(acc).contiguous();
+  TORCH_CHECK_VALUE(M < INT32_MAX, "the CUDA backend sorts latent indices as int32: M must be below 2^31 - 1, got ", M);
+  // Stable sort by latent (32-bit keys: half the radix passes of int64), then per sorted entry
+  // its latent, its source row n = entry / k and its coefficient, read contiguously by the kernels.
+  auto sorted = at::sort(idx.reshape({-1}).to(at::kInt), /*stable=*/true, /*dim=*/0,
+                         /*descending=*/false);
+  const auto& lat = std::get<0>(sorted);
+  const auto& order = std::get<1>(sorted);
+  auto start = at::searchsorted(lat, at::arange(M + 1, lat.options())).contiguous();
+  auto src = at::div(order, std::max<int64_t>(k, 1), "floor").contiguous();
+  auto coefc = coef.reshape({-1}).to(acc).index_select(0, order).contiguous();
   // Rows in out_dtype are read as they are; any other dtype is widened to the acc dtype.
   const bool native = rows.scalar_type() == out_dtype;
   auto rowsc = (native ? rows : rows.to(acc)).contiguous();
-  const int64_t kk = std::max<int64_t>(k, 1);
+  const int64_t E = lat.numel();
+  const SortedEntries en{lat.data_ptr<int32_t>(), src.data_ptr<int64_t>(),
+                         start.data_ptr<int64_t>(), E, piece_entries(E)};
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out_dtype, "scatter_rows", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (native) {
-      launch_scatter_rows<scalar_t, scalar_t, acc_t>(coefc, order, start, rowsc, out, coef_sum, M,
-                                                     kk, d, stream);
+      launch_scatter_rows<scalar_t, scalar_t, acc_t>(en, coefc, rowsc, out, coef_sum, M, d, stream);
     } else {
-      launch_scatter_rows<acc_t, scalar_t, acc_t>(coefc, order, start, rowsc, out, coef_sum, M,
-                                                  kk, d, stream);
+      launch_scatter_rows<acc_t, scalar_t, acc_t>(en, coefc, rowsc, out, coef_sum, M, d, stream);
     }
   });
   return {out, coef_sum};

@@ -1,7 +1,8 @@
-// CUDA row primitives of sparse_ops.h (see there for shapes). First version: one thread per
-// output column for gathers, one warp per (n, j) for dot products, and the per-latent sums
-// grouped by a stable sort of the indices, so the weight gradient is deterministic and free
-// of atomics in every dtype.
+// CUDA row primitives of sparse_ops.h (see there for shapes): one thread per output column for
+// gathers, one warp per (n, j) for dot products, and the per-latent sums over the entries
+// stably sorted by latent, in fixed pieces whose partial sums are added in piece order, so the
+// weight gradient is deterministic and free of atomics in every dtype, and a latent chosen by
+// every token is spread over many blocks.
 #pragma once
 
 #include <torch/all.h>

@@ -68,6 +68,30 @@ def test_rows_off_a_16_byte_boundary(device, backend, dtype):
 
 
 @pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [40, 6])
+def test_latents_chosen_by_most_tokens(device, backend, dtype, d):
+    """Latent 7 in every token and latent M - 1 in every other one, as early in training: their
+    W_dec gradients sum thousands of entries (the CUDA backward splits them across blocks and
+    adds the parts in a fixed order), exactly reproducible from run to run."""
+    N, M, k = 3000, 500, 24
+    v, idx, W, b = _inputs(N, d, M, k, dtype, seed=11, device=device)
+    idx[:, 0] = 7
+    idx[::2, 1] = M - 1
+    mine, ref, ref64 = leaves(v, W, b), leaves(v, W, b), leaves(v.double(), W.double(), b.double())
+    up = torch.randn(N, d, generator=torch.Generator().manual_seed(6)).to(device)
+    out = sparse_decode(mine[0], idx, *mine[1:], backend=backend)
+    expect = sparse_decode(ref[0], idx, *ref[1:], backend="reference")
+    oracle = sparse_decode(ref64[0], idx, *ref64[1:], backend="reference")
+    got = grads([out], mine, [up])
+    for name, a, bb, c in zip(("dvalues", "dW_dec", "db_dec"), got, grads([expect], ref, [up]),
+                              grads([oracle], ref64, [up])):
+        assert_close_to_oracle(a, bb, c, name)
+    again = grads([sparse_decode(mine[0], idx, *mine[1:], backend=backend)], mine, [up])
+    assert torch.equal(got[1], again[1])
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
 def test_repeated_indices_add_up(device, backend):
     W = torch.randn(5, 3, device=device)
     b = torch.zeros(3, device=device)
