@@ -222,6 +222,7 @@ __device__ __forceinline__ RunEnd run_end(const SortedEntries& en, int64_t L, in
   return s < q0 ? RunEnd::kHead : RunEnd::kTail;
 }
 
+// Columns t < d / V are packs of V columns; the one more, t = d / V, sums the coefficients.
 template <typename row_t, typename out_t, typename acc_t, int V>
 __global__ void scatter_pieces_kernel(SortedEntries en, const acc_t* __restrict__ coef,
                                       const row_t* __restrict__ rows, out_t* __restrict__ out,
@@ -232,15 +233,18 @@ __global__ void scatter_pieces_kernel(SortedEntries en, const acc_t* __restrict_
   using Out = Pack<out_t, V>;
   constexpr int U = 4;  // entries whose loads are issued together
   const int64_t b = blockIdx.x, q0 = b * en.P, q1 = min(en.E, q0 + en.P), dv = d / V;
-  for (int64_t t = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; t < dv;
+  for (int64_t t = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; t <= dv;
        t += int64_t(gridDim.y) * blockDim.x) {
+    const bool coefs = t == dv;
     acc_t acc[V];
 #pragma unroll
     for (int u = 0; u < V; ++u) acc[u] = 0;
     int64_t cur = en.lat[q0];
     auto emit = [&](int64_t L) {
       const RunEnd where = run_end(en, L, q0, q1);
-      if (where == RunEnd::kOut) {
+      if (coefs) {
+        (where == RunEnd::kOut ? coef_sum[L] : where == RunEnd::kHead ? coef_head[b] : coef_tail[b]) = acc[0];
+      } else if (where == RunEnd::kOut) {
         Out o;
 #pragma unroll
         for (int u = 0; u < V; ++u) o.v[u] = static_cast<out_t>(acc[u]);
@@ -262,7 +266,7 @@ __global__ void scatter_pieces_kernel(SortedEntries en, const acc_t* __restrict_
         if (q + u < q1) {
           L[u] = en.lat[q + u];
           c[u] = coef[q + u];
-          r[u] = reinterpret_cast<const Row*>(rows + en.src[q + u] * d)[t];
+          if (!coefs) r[u] = reinterpret_cast<const Row*>(rows + en.src[q + u] * d)[t];
         }
       }
 #pragma unroll
@@ -272,26 +276,16 @@ __global__ void scatter_pieces_kernel(SortedEntries en, const acc_t* __restrict_
             emit(cur);
             cur = L[u];
           }
+          if (coefs) {
+            acc[0] += c[u];
+          } else {
 #pragma unroll
-          for (int w = 0; w < V; ++w) acc[w] += c[u] * static_cast<acc_t>(r[u].v[w]);
+            for (int w = 0; w < V; ++w) acc[w] += c[u] * static_cast<acc_t>(r[u].v[w]);
+          }
         }
       }
     }
     emit(cur);
-  }
-  if (blockIdx.y == 0 && threadIdx.x == 0) {
-    acc_t sum = 0;
-    int64_t cur = en.lat[q0];
-    for (int64_t q = q0; q <= q1; ++q) {
-      const int64_t L = q < q1 ? en.lat[q] : -1;
-      if (L != cur) {
-        const RunEnd where = run_end(en, cur, q0, q1);
-        (where == RunEnd::kOut ? coef_sum[cur] : where == RunEnd::kHead ? coef_head[b] : coef_tail[b]) = sum;
-        sum = 0;
-        cur = L;
-      }
-      if (q < q1) sum += coef[q];
-    }
   }
 }
 
@@ -364,7 +358,7 @@ void launch_scatter_rows(const SortedEntries& en, const at::Tensor& coef, const 
   const auto* r = rows.data_ptr<row_t>();
   auto launch = [&](auto v) {
     constexpr int V = decltype(v)::value;
-    const auto [grid, threads] = packed_grid(pieces, std::max<int64_t>(d / V, 1));
+    const auto [grid, threads] = packed_grid(pieces, d / V + 1);
     scatter_pieces_kernel<row_t, out_t, acc_t, V><<<grid, threads, 0, stream>>>(
         en, cf, r, o, cs, head.data_ptr<acc_t>(), tail.data_ptr<acc_t>(),
         coef_head.data_ptr<acc_t>(), coef_tail.data_ptr<acc_t>(), d);

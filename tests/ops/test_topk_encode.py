@@ -58,6 +58,27 @@ def test_matches_reference(device, backend, dtype, shape):
 
 
 @pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_latent_chosen_by_every_token(device, backend, dtype):
+    """A latent whose bias puts it in every token's top k: its W_enc and b_enc gradients sum
+    N entries (split across blocks by the CUDA backward), close to the float64 oracle."""
+    N, d, M, k = 2500, 16, 300, 8
+    x, W, be, bd = encoder_inputs(N, d, M, dtype, seed=4, device=device)
+    be[5] = 64.0
+    inputs = (x, W, be, bd)
+    mine, ref, ref64 = leaves(*inputs), leaves(*inputs), leaves(*(t.double() for t in inputs))
+    out = topk_encode(*mine, k, backend=backend)
+    expect = topk_encode(*ref, k, backend="reference")
+    oracle = topk_encode(*ref64, k, backend="reference")
+    assert (out.indices == 5).any(1).all()
+    assert torch.equal(out.indices, expect.indices)
+    up = torch.randn(N, k, generator=torch.Generator().manual_seed(8)).to(device)
+    for name, a, b, c in zip(("dx", "dW_enc", "db_enc", "db_dec"), grads([out.values], mine, [up]),
+                             grads([expect.values], ref, [up]), grads([oracle.values], ref64, [up])):
+        assert_close_to_oracle(a, b, c, name)
+
+
+@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
 def test_gaussian_float32(device, backend):
     x, W, be, bd = encoder_inputs(300, 64, 3000, torch.float32, data="gauss", device=device)
     out = topk_encode(x, W, be, bd, 32, backend=backend)
