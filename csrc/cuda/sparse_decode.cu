@@ -1,10 +1,10 @@
 // CUDA sparse decode (SPEC 3) and the row primitives shared with the encoder backward.
 //
-// Each primitive has a vector kernel, whose threads move 16 bytes per load (8 bf16/fp16, 4
-// fp32), taken whenever d is a multiple of the vector width and every tensor's start is aligned
-// to its pack (V elements: 32 bytes for float32 rows beside 16-bit weights), and a scalar kernel
-// (or the same kernel with V = 1) for the rest. Both sum over j (or over a latent's entries) in
-// the same order, except gather_dot, whose lanes split the columns differently.
+// Each primitive's kernel moves V elements per access: 16 bytes (8 bf16/fp16, 4 fp32) whenever d
+// is a multiple of V and every tensor's start is aligned to its pack (V elements: 32 bytes for
+// float32 rows beside 16-bit weights), else one element (V = 1). Both widths sum over j (or over
+// a latent's entries) in the same order, except gather_dot, whose lanes split the columns
+// differently.
 #include "cuda/sparse_rows.cuh"
 #include "sparse_ops.h"
 
@@ -53,50 +53,21 @@ std::pair<dim3, int> packed_grid(int64_t rows, int64_t cols) {
   return {dim3(static_cast<unsigned>(rows), static_cast<unsigned>(col_blocks)), threads};
 }
 
-dim3 column_grid(int64_t rows, int64_t d) {
-  const int64_t col_blocks = std::min<int64_t>((d + kThreads - 1) / kThreads, 65535);
-  return dim3(static_cast<unsigned>(rows), static_cast<unsigned>(col_blocks));
-}
-
-// out[n] = sum_j coef[n, j] * W[idx[n, j]] (+ bias), summed in acc_t, written as out_t.
-template <typename scalar_t, typename acc_t, typename out_t>
-__global__ void gather_rows_kernel(const acc_t* __restrict__ coef, const int64_t* __restrict__ idx,
-                                   const scalar_t* __restrict__ W,
-                                   const scalar_t* __restrict__ bias, out_t* __restrict__ out,
-                                   int64_t k, int64_t d) {
-  const int64_t n = blockIdx.x;
-  for (int64_t t = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; t < d;
-       t += int64_t(gridDim.y) * blockDim.x) {
-    acc_t acc = 0;
-    for (int64_t j = 0; j < k; ++j) {
-      acc += coef[n * k + j] * static_cast<acc_t>(W[idx[n * k + j] * d + t]);
-    }
-    if (bias != nullptr) acc += static_cast<acc_t>(bias[t]);
-    out[n * d + t] = static_cast<out_t>(acc);
+// f(std::integral_constant<int, V>) where V-wide packs fit, else f(... <int, 1>): the same
+// kernels, one element per access.
+template <int V, typename F>
+void with_pack_width(bool packs_fit, F&& f) {
+  if (packs_fit) {
+    f(std::integral_constant<int, V>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
   }
 }
 
-// rows in row_t: the accumulation dtype or W's own.
-template <typename scalar_t, typename row_t, typename acc_t>
-__global__ void gather_dot_kernel(const row_t* __restrict__ rows, const int64_t* __restrict__ idx,
-                                  const scalar_t* __restrict__ W, acc_t* __restrict__ out,
-                                  int64_t entries, int64_t k, int64_t d) {
-  const int64_t e = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (e >= entries) return;  // uniform across the warp
-  const row_t* r = rows + (e / k) * d;
-  const scalar_t* w = W + idx[e] * d;
-  acc_t s = 0;
-  for (int64_t t = lane; t < d; t += 32) {
-    s += static_cast<acc_t>(r[t]) * static_cast<acc_t>(w[t]);
-  }
-  for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_down_sync(0xffffffffu, s, offset);
-  if (lane == 0) out[e] = s;
-}
-
-// gather_rows_kernel with V columns per thread (d % V == 0).
+// out[n] = sum_j coef[n, j] * W[idx[n, j]] (+ bias), summed in acc_t, written as out_t; V
+// columns per thread (d % V == 0).
 template <typename scalar_t, typename acc_t, typename out_t, int V>
-__global__ void gather_rows_vec_kernel(const acc_t* __restrict__ coef,
+__global__ void gather_rows_kernel(const acc_t* __restrict__ coef,
                                        const int64_t* __restrict__ idx,
                                        const scalar_t* __restrict__ W,
                                        const scalar_t* __restrict__ bias, out_t* __restrict__ out,
@@ -127,9 +98,10 @@ __global__ void gather_rows_vec_kernel(const acc_t* __restrict__ coef,
   }
 }
 
-// gather_dot_kernel with V columns per lane and step (d % V == 0).
+// out[e] = rows[e / k] . W[idx[e]] for every entry e = (n, j), one warp each, V columns per lane
+// and step (d % V == 0); rows in row_t: the accumulation dtype or W's own.
 template <typename scalar_t, typename row_t, typename acc_t, int V>
-__global__ void gather_dot_vec_kernel(const row_t* __restrict__ rows,
+__global__ void gather_dot_kernel(const row_t* __restrict__ rows,
                                       const int64_t* __restrict__ idx,
                                       const scalar_t* __restrict__ W, acc_t* __restrict__ out,
                                       int64_t entries, int64_t k, int64_t d) {
@@ -151,7 +123,7 @@ __global__ void gather_dot_vec_kernel(const row_t* __restrict__ rows,
   if (lane == 0) out[e] = s;
 }
 
-// sum_j coef * W[idx] (+ bias) per row: the 16-byte kernel where the packs fit.
+// sum_j coef * W[idx] (+ bias) per row: 16-byte accesses where the packs fit.
 template <typename scalar_t, typename acc_t, typename out_t>
 void launch_gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at::Tensor& W,
                         const at::Tensor& bias, at::Tensor& out, int64_t N, int64_t k, int64_t d,
@@ -163,18 +135,18 @@ void launch_gather_rows(const at::Tensor& coef, const at::Tensor& idx, const at:
   const scalar_t* b = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
   auto* o = out.data_ptr<out_t>();
   // A missing bias is a null pointer, aligned to anything.
-  if (packs_fit(d, V, {{w, sizeof(scalar_t)}, {b, sizeof(scalar_t)}, {o, sizeof(out_t)}})) {
-    const auto [grid, threads] = packed_grid(N, d / V);
-    gather_rows_vec_kernel<scalar_t, acc_t, out_t, V>
+  const bool fits =
+      packs_fit(d, V, {{w, sizeof(scalar_t)}, {b, sizeof(scalar_t)}, {o, sizeof(out_t)}});
+  with_pack_width<V>(fits, [&](auto v) {
+    constexpr int kV = decltype(v)::value;
+    const auto [grid, threads] = packed_grid(N, d / kV);
+    gather_rows_kernel<scalar_t, acc_t, out_t, kV>
         <<<grid, threads, 0, stream>>>(cf, ix, w, b, o, k, d);
-  } else {
-    gather_rows_kernel<scalar_t, acc_t, out_t>
-        <<<column_grid(N, d), kThreads, 0, stream>>>(cf, ix, w, b, o, k, d);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
-// rows . W over every (n, j): the 16-byte kernel where the packs fit.
+// rows . W over every (n, j): 16-byte accesses where the packs fit.
 template <typename scalar_t, typename row_t, typename acc_t>
 void launch_gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::Tensor& W,
                        at::Tensor& out, int64_t entries, int64_t k, int64_t d,
@@ -185,14 +157,11 @@ void launch_gather_dot(const at::Tensor& rows, const at::Tensor& idx, const at::
   const auto* ix = idx.data_ptr<int64_t>();
   const auto* w = W.data_ptr<scalar_t>();
   auto* o = out.data_ptr<acc_t>();
-  if (packs_fit(d, V, {{w, sizeof(scalar_t)}, {r, sizeof(row_t)}})) {
-    gather_dot_vec_kernel<scalar_t, row_t, acc_t, V>
+  with_pack_width<V>(packs_fit(d, V, {{w, sizeof(scalar_t)}, {r, sizeof(row_t)}}), [&](auto v) {
+    gather_dot_kernel<scalar_t, row_t, acc_t, decltype(v)::value>
         <<<blocks, kThreads, 0, stream>>>(r, ix, w, o, entries, k, d);
-  } else {
-    gather_dot_kernel<scalar_t, row_t, acc_t><<<blocks, kThreads, 0, stream>>>(r, ix, w, o,
-                                                                              entries, k, d);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 // Per-latent sums of coef * rows (Rows::scatter_rows), over the N*k entries sorted by latent
@@ -243,7 +212,10 @@ __global__ void scatter_pieces_kernel(SortedEntries en, const acc_t* __restrict_
     auto emit = [&](int64_t L) {
       const RunEnd where = run_end(en, L, q0, q1);
       if (coefs) {
-        (where == RunEnd::kOut ? coef_sum[L] : where == RunEnd::kHead ? coef_head[b] : coef_tail[b]) = acc[0];
+        acc_t& dst = where == RunEnd::kOut    ? coef_sum[L]
+                     : where == RunEnd::kHead ? coef_head[b]
+                                              : coef_tail[b];
+        dst = acc[0];
       } else if (where == RunEnd::kOut) {
         Out o;
 #pragma unroll
@@ -356,24 +328,19 @@ void launch_scatter_rows(const SortedEntries& en, const at::Tensor& coef, const 
   auto coef_head = at::empty({pieces}, part_opts), coef_tail = at::empty({pieces}, part_opts);
   const auto* cf = coef.data_ptr<acc_t>();
   const auto* r = rows.data_ptr<row_t>();
-  auto launch = [&](auto v) {
-    constexpr int V = decltype(v)::value;
-    const auto [grid, threads] = packed_grid(pieces, d / V + 1);
-    scatter_pieces_kernel<row_t, out_t, acc_t, V><<<grid, threads, 0, stream>>>(
+  constexpr int V = vec_width<row_t>();
+  with_pack_width<V>(packs_fit(d, V, {{r, sizeof(row_t)}, {o, sizeof(out_t)}}), [&](auto v) {
+    constexpr int kV = decltype(v)::value;
+    const auto [grid, threads] = packed_grid(pieces, d / kV + 1);
+    scatter_pieces_kernel<row_t, out_t, acc_t, kV><<<grid, threads, 0, stream>>>(
         en, cf, r, o, cs, head.data_ptr<acc_t>(), tail.data_ptr<acc_t>(),
         coef_head.data_ptr<acc_t>(), coef_tail.data_ptr<acc_t>(), d);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    scatter_finish_kernel<out_t, acc_t, V><<<grid, threads, 0, stream>>>(
+    scatter_finish_kernel<out_t, acc_t, kV><<<grid, threads, 0, stream>>>(
         en, o, cs, head.data_ptr<acc_t>(), tail.data_ptr<acc_t>(), coef_head.data_ptr<acc_t>(),
         coef_tail.data_ptr<acc_t>(), d);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  constexpr int V = vec_width<row_t>();
-  if (packs_fit(d, V, {{r, sizeof(row_t)}, {o, sizeof(out_t)}})) {
-    launch(std::integral_constant<int, V>{});
-  } else {
-    launch(std::integral_constant<int, 1>{});
-  }
+  });
 }
 
 }  // namespace
@@ -435,7 +402,8 @@ std::pair<at::Tensor, at::Tensor> Rows::scatter_rows(const at::Tensor& coef, con
   auto out = at::empty({M, d}, rows.options().dtype(out_dtype));
   auto coef_sum = at::empty({M}, rows.options().dtype(acc));
   if (M == 0) return {out, coef_sum};
-  TORCH_CHECK_VALUE(M < INT32_MAX, "the CUDA backend sorts latent indices as int32: M must be below 2^31 - 1, got ", M);
+  TORCH_CHECK_VALUE(M < INT32_MAX, "the CUDA backend sorts latent indices as int32: M must be ",
+                    "below 2^31 - 1, got ", M);
   // Stable sort by latent (32-bit keys: half the radix passes of int64), then per sorted entry
   // its latent, its source row n = entry / k and its coefficient, read contiguously by the kernels.
   auto sorted = at::sort(idx.reshape({-1}).to(at::kInt), /*stable=*/true, /*dim=*/0,

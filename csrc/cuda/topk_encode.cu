@@ -21,10 +21,10 @@
 // caller's (SAEKIT_CUDA_ENCODE_OVERLAP=0 keeps both on the caller's stream). Under CUDA graph
 // capture, which allows no host sync, every chunk is merged in full on the caller's stream.
 //
-// Working memory O((N + d) * C + N * (k + slice)), C chosen so that a tile ([N, C] float32
-// products, or a [C, d] float32 weight chunk) stays under 256 MB, or holds 1024 latents where
-// N or d is above 65536 (up to three chunks' tiles are alive at a time), and full merges going through [N, slice] keys with
-// slice = max(k, min(2048, C / 4)): independent of M. The environment variable
+// Working memory O((N + d) * C + N * (k + slice)), independent of M: C is chosen so that a tile
+// ([N, C] float32 products, or a [C, d] float32 weight chunk) stays under 256 MB, or holds 1024
+// latents where N or d is above 65536 (up to three chunks' tiles are alive at a time), and full
+// merges go through [N, slice] keys with slice = max(k, min(2048, C / 4)). The environment variable
 // SAEKIT_CUDA_ENCODE_CHUNK caps C (tests use it to exercise the merge on small shapes). The
 // fused GEMM-epilogue selection is the next step (issue 3). The keys, sinks and running
 // selection are in cuda/running_topk.cuh.
