@@ -24,12 +24,12 @@ inline at::ScalarType acc_type(at::ScalarType t) {
 }
 
 inline void check_decoder(const at::Tensor& values, const at::Tensor& indices,
-                          const at::Tensor& W_dec) {
+                          const at::Tensor& W_dec, bool check_indices = true) {
   check_sparse_code(values, indices);
   check_dim(W_dec, 2, "W_dec", "[M, d]");
   check_same_dtype(values, W_dec, "values", "W_dec");
   check_same_device(values, W_dec, "values", "W_dec");
-  check_indices_range(indices, W_dec.size(0));
+  if (check_indices) check_indices_range(indices, W_dec.size(0));
 }
 
 template <class Rows>
@@ -46,8 +46,8 @@ at::Tensor sparse_decode(const at::Tensor& values, const at::Tensor& indices,
 template <class Rows>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_decode_backward(
     const at::Tensor& grad_out, const at::Tensor& values, const at::Tensor& indices,
-    const at::Tensor& W_dec) {
-  check_decoder(values, indices, W_dec);
+    const at::Tensor& W_dec, bool check_indices) {
+  check_decoder(values, indices, W_dec, check_indices);
   check_dim(grad_out, 2, "grad_out", "[N, d]");
   check_size(grad_out, 0, values.size(0), "grad_out", "N = values.shape[0]");
   check_size(grad_out, 1, W_dec.size(1), "grad_out", "d = W_dec.shape[1]");
@@ -64,10 +64,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_decode_backward(
 }
 
 // grad_values / values / indices [N, k'] (k' = k, or k + k_aux with the AuxK part appended).
+// The backward ops skip the index range check (a host sync) when check_indices is false:
+// autograd's indices come from the encoder itself or from a decode forward that checked them.
 template <class Rows>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_encode_backward(
     const at::Tensor& grad_values, const at::Tensor& values, const at::Tensor& indices,
-    const at::Tensor& x, const at::Tensor& W_enc, const at::Tensor& b_dec) {
+    const at::Tensor& x, const at::Tensor& W_enc, const at::Tensor& b_dec, bool check_indices) {
   check_sparse_code(values, indices);
   TORCH_CHECK_VALUE(grad_values.sizes() == values.sizes(),
                     "grad_values must have the shape of values ", values.sizes(), ", got ",
@@ -84,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_encode_backward(
     check_same_device(values, *t, "values", n);
   }
   const int64_t M = W_enc.size(0);
-  check_indices_range(indices, M);
+  if (check_indices) check_indices_range(indices, M);
   const auto acc = acc_type(x.scalar_type());
   // dpre = dvalues * (pre > 0) at the selected latents; relu(pre) > 0 exactly when pre > 0.
   auto dpre = grad_values.to(acc) * values.gt(0).to(acc);

@@ -25,10 +25,12 @@ def _sample_args(op):
         "gradient_topk_encode": [(*leaf(x), torch.randn(9, 6), *leaf(W, be), W_dec, *leaf(bd), 4, 0.5)],
         # Column-major x, W and values too: the fakes must give the kernels' contiguous strides.
         "topk_encode_backward": [(torch.randn(9, 4), values, idx, x, W, bd),
-                                 (torch.randn(9, 4), values, idx, x.T.contiguous().T, W.T.contiguous().T, bd)],
+                                 (torch.randn(9, 4), values, idx, x.T.contiguous().T, W.T.contiguous().T, bd),
+                                 (torch.randn(9, 4), values, idx, x, W, bd, False)],
         "sparse_decode": [(*leaf(values), idx, *leaf(W_dec, bd))],
         "sparse_decode_backward": [(torch.randn(9, 6), values, idx, W_dec),
-                                   (torch.randn(9, 6), values.T.contiguous().T, idx, W_dec.T.contiguous().T)],
+                                   (torch.randn(9, 6), values.T.contiguous().T, idx, W_dec.T.contiguous().T),
+                                   (torch.randn(9, 6), values, idx, W_dec, False)],
     }[op]
 
 

@@ -310,10 +310,12 @@ def _opcheck_args(op, device):
         "gradient_topk_encode": [(*leaf(x), grad, *leaf(W, be), W_dec, *leaf(bd), 4, 0.5)],
         # Column-major x, W and values too: the fakes must give the kernels' contiguous strides.
         "topk_encode_backward": [(torch.randn(9, 4).to(device), values, idx, x, W, bd),
-                                 (torch.randn(9, 4).to(device), values, idx, x.T.contiguous().T, W.T.contiguous().T, bd)],
+                                 (torch.randn(9, 4).to(device), values, idx, x.T.contiguous().T, W.T.contiguous().T, bd),
+                                 (torch.randn(9, 4).to(device), values, idx, x, W, bd, False)],
         "sparse_decode": [(*leaf(values), idx, *leaf(W_dec, bd))],
         "sparse_decode_backward": [(grad, values, idx, W_dec),
-                                   (grad, values.T.contiguous().T, idx, W_dec.T.contiguous().T)],
+                                   (grad, values.T.contiguous().T, idx, W_dec.T.contiguous().T),
+                                   (grad, values, idx, W_dec, False)],
     }[op]
 
 

@@ -5,6 +5,9 @@ that namespace's backward op and returns the ``(backward, setup_context)`` pair 
 
 The encoders' backward runs from the N x k nonzeros (plus the N x k_aux AuxK ones when they
 carry a gradient); the decode backward from the N x k code. Neither ever forms an N x M matrix.
+Neither checks the index range again (``check_indices=False``, no host sync): the encoders'
+indices come from their own selection, the decode's were checked by its forward, and autograd
+refuses saved tensors that were modified in place since.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ def _encoder_backward(backward_op, grad_values, values, indices, x, W_enc, b_dec
     """(dx [N, d], dW_enc [M, d], db_enc [M], db_dec [d]); a None gradient counts as zero."""
     if grad_values is None:
         grad_values = values.new_zeros(values.shape)
-    return backward_op(grad_values, values, indices, x, W_enc, b_dec)
+    return backward_op(grad_values, values, indices, x, W_enc, b_dec, check_indices=False)
 
 
 def topk_encode_autograd(backward_op: Callable) -> tuple[Callable, Callable]:
@@ -72,7 +75,7 @@ def sparse_decode_autograd(backward_op: Callable) -> tuple[Callable, Callable]:
 
     def backward(ctx, grad_out):
         values, indices, W_dec = ctx.saved_tensors
-        dvalues, dW_dec, db_dec = backward_op(grad_out, values, indices, W_dec)
+        dvalues, dW_dec, db_dec = backward_op(grad_out, values, indices, W_dec, check_indices=False)
         return dvalues, None, dW_dec, db_dec
 
     return backward, setup_context

@@ -44,7 +44,7 @@ def _sparse_decode_fake(values, indices, W_dec, b_dec):
 
 
 @torch.library.register_fake("saekit::sparse_decode_backward")
-def _sparse_decode_backward_fake(grad_out, values, indices, W_dec):
+def _sparse_decode_backward_fake(grad_out, values, indices, W_dec, check_indices=True):
     return values.new_empty(values.shape), W_dec.new_empty(W_dec.shape), W_dec.new_empty(W_dec.shape[1])
 
 

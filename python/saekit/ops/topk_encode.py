@@ -79,7 +79,7 @@ def _topk_encode_fake(x, W_enc, b_enc, b_dec, k, dead, k_aux):
 
 
 @torch.library.register_fake("saekit::topk_encode_backward")
-def _topk_encode_backward_fake(grad_values, values, indices, x, W_enc, b_dec):
+def _topk_encode_backward_fake(grad_values, values, indices, x, W_enc, b_dec, check_indices=True):
     # new_empty, not empty_like: the kernels return contiguous gradients for strided inputs too.
     return (
         x.new_empty(x.shape),

@@ -25,9 +25,10 @@ def _(values, indices, W_dec, b_dec):
 
 @torch.library.custom_op("saekit_triton::sparse_decode_backward", mutates_args=())
 def _sparse_decode_backward_op(
-    grad_out: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor
+    grad_out: Tensor, values: Tensor, indices: Tensor, W_dec: Tensor, check_indices: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
-    check_indices_range(indices, W_dec.shape[0])
+    if check_indices:
+        check_indices_range(indices, W_dec.shape[0])
     grad_out, values, indices, W_dec = (t.contiguous() for t in (grad_out, values, indices, W_dec))
     dvalues = gather_dot(grad_out, indices, W_dec).to(values.dtype)
     dW_dec = scatter_rows(values, indices, grad_out, W_dec.shape[0]).to(W_dec.dtype)
@@ -36,7 +37,7 @@ def _sparse_decode_backward_op(
 
 
 @_sparse_decode_backward_op.register_fake
-def _(grad_out, values, indices, W_dec):
+def _(grad_out, values, indices, W_dec, check_indices=True):
     return values.new_empty(values.shape), W_dec.new_empty(W_dec.shape), W_dec.new_empty(W_dec.shape[1])
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from saekit.ops.autograd import gradient_topk_encode_autograd, topk_encode_autograd
+from saekit.ops.validation import check_indices_range
 from saekit.triton import MAX_K
 from saekit.triton.encode_kernel import folded_bias, select_keys
 from saekit.triton.keys import LOW_BASE, key_latents, key_scores
@@ -108,10 +109,13 @@ def _(x, g, W_enc, b_enc, W_dec, b_dec, k, beta):
 
 @torch.library.custom_op("saekit_triton::topk_encode_backward", mutates_args=())
 def _topk_encode_backward_op(
-    grad_values: Tensor, values: Tensor, indices: Tensor, x: Tensor, W_enc: Tensor, b_dec: Tensor
+    grad_values: Tensor, values: Tensor, indices: Tensor, x: Tensor, W_enc: Tensor, b_dec: Tensor,
+    check_indices: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     values, indices, x, W_enc, b_dec = _inputs(values, indices, x, W_enc, b_dec)
     M = W_enc.shape[0]
+    if check_indices:
+        check_indices_range(indices, M)
     dpre = torch.where(values > 0, grad_values.float(), 0.0).contiguous()
     dx = gather_sum(dpre, indices, W_enc, out_dtype=torch.float32)
     dW_enc = scatter_rows(dpre, indices, x, M, sub=b_dec)
@@ -121,7 +125,7 @@ def _topk_encode_backward_op(
 
 
 @_topk_encode_backward_op.register_fake
-def _(grad_values, values, indices, x, W_enc, b_dec):
+def _(grad_values, values, indices, x, W_enc, b_dec, check_indices=True):
     return x.new_empty(x.shape), W_enc.new_empty(W_enc.shape), W_enc.new_empty(W_enc.shape[0]), b_dec.new_empty(b_dec.shape)
 
 
