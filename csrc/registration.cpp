@@ -18,14 +18,16 @@ TORCH_LIBRARY(saekit, m) {
       "gradient_topk_encode(Tensor x, Tensor g, Tensor W_enc, Tensor b_enc, Tensor W_dec, "
       "Tensor b_dec, int k, float beta) -> (Tensor values, Tensor indices)");
   // Backward of both encoders: grad_values/values/indices [N, k'] (k' = k or k + k_aux).
-  // The backward ops check the index range (one host sync) only when check_indices is true:
-  // autograd passes false, as its indices came from the encoder or a checked decode forward.
+  // Ops that take indices check their range (one host sync) unless check_indices is false,
+  // as autograd and the SAE layers pass it for indices saekit's encoder made or already checked.
   m.def(
       "topk_encode_backward(Tensor grad_values, Tensor values, Tensor indices, Tensor x, "
       "Tensor W_enc, Tensor b_dec, bool check_indices=True) -> (Tensor dx, Tensor dW_enc, "
       "Tensor db_enc, Tensor db_dec)");
   // SPEC 3.
-  m.def("sparse_decode(Tensor values, Tensor indices, Tensor W_dec, Tensor b_dec) -> Tensor");
+  m.def(
+      "sparse_decode(Tensor values, Tensor indices, Tensor W_dec, Tensor b_dec, "
+      "bool check_indices=True) -> Tensor");
   m.def(
       "sparse_decode_backward(Tensor grad_out, Tensor values, Tensor indices, Tensor W_dec, "
       "bool check_indices=True) -> (Tensor dvalues, Tensor dW_dec, Tensor db_dec)");

@@ -23,8 +23,11 @@ inline at::ScalarType acc_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// Each op checks the index range (a host sync) unless check_indices is false: autograd's
+// backward passes, whose indices came from the encoder itself or from a decode forward that
+// checked them, and the SAE layers decoding their own encoder's code.
 inline void check_decoder(const at::Tensor& values, const at::Tensor& indices,
-                          const at::Tensor& W_dec, bool check_indices = true) {
+                          const at::Tensor& W_dec, bool check_indices) {
   check_sparse_code(values, indices);
   check_dim(W_dec, 2, "W_dec", "[M, d]");
   check_same_dtype(values, W_dec, "values", "W_dec");
@@ -34,8 +37,8 @@ inline void check_decoder(const at::Tensor& values, const at::Tensor& indices,
 
 template <class Rows>
 at::Tensor sparse_decode(const at::Tensor& values, const at::Tensor& indices,
-                         const at::Tensor& W_dec, const at::Tensor& b_dec) {
-  check_decoder(values, indices, W_dec);
+                         const at::Tensor& W_dec, const at::Tensor& b_dec, bool check_indices) {
+  check_decoder(values, indices, W_dec, check_indices);
   check_dim(b_dec, 1, "b_dec", "[d]");
   check_size(b_dec, 0, W_dec.size(1), "b_dec", "d = W_dec.shape[1]");
   check_same_dtype(values, b_dec, "values", "b_dec");
@@ -64,8 +67,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_decode_backward(
 }
 
 // grad_values / values / indices [N, k'] (k' = k, or k + k_aux with the AuxK part appended).
-// The backward ops skip the index range check (a host sync) when check_indices is false:
-// autograd's indices come from the encoder itself or from a decode forward that checked them.
 template <class Rows>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> topk_encode_backward(
     const at::Tensor& grad_values, const at::Tensor& values, const at::Tensor& indices,

@@ -49,8 +49,9 @@ from saekit.nn.sae import SAEConfig, SAEShape, TakesGradient
 from saekit.nn.sparse_code import SAEOutput, SparseCode
 from saekit.ops import reference
 from saekit.ops.gradient_topk_encode import gradient_topk_encode
-from saekit.ops.sparse_decode import sparse_decode
+from saekit.ops.sparse_decode import decode_rows
 from saekit.ops.topk_encode import topk_encode
+from saekit.ops.validation import check_indices_range
 
 SHARDED_PARAMETERS = ("W_enc", "b_enc", "W_dec")  # row-sharded; b_dec is replicated
 
@@ -234,10 +235,12 @@ class ShardedTopKSAE(SAEShape, nn.Module):
 
     # ----------------------------------------------------------------- decode
 
-    def _decode(self, code, bias: bool) -> torch.Tensor:
+    def _decode(self, code, bias: bool, check_indices: bool = True) -> torch.Tensor:
         values, indices = SparseCode(*code)
         leading = values.shape[:-1]
         v2, i2 = flatten_rows(values, "values"), flatten_rows(indices, "indices")
+        if check_indices:
+            check_indices_range(i2, self.n_latents)
         dtype = compute_dtype(values)
         own = (i2 >= self.start) & (i2 < self.end)
         Ms = self.end - self.start
@@ -245,7 +248,8 @@ class ShardedTopKSAE(SAEShape, nn.Module):
         local = torch.where(own, i2 - self.start, i2.remainder(Ms))
         v2, W_dec = cast(dtype, torch.where(own, v2, torch.zeros((), dtype=v2.dtype, device=v2.device)), self.W_dec)
         zeros = W_dec.new_zeros(self.d_in)
-        partial = sparse_decode(v2, local, W_dec, zeros, backend=self.backend)
+        # local lies in [0, Ms) by construction: no second range check.
+        partial = decode_rows(v2, local, W_dec, zeros, backend=self.backend, check_indices=False)
         acc = reference.acc_dtype(partial)
         x_hat = reduce_from_group(partial.to(acc), self.group)
         if bias:
@@ -256,6 +260,10 @@ class ShardedTopKSAE(SAEShape, nn.Module):
         """SparseCode (values, global indices [..., k]) -> x_hat [..., d_in], identical on every rank."""
         return self._decode(code, True)
 
+    def _decode_own(self, code) -> torch.Tensor:
+        """decode for a code this SAE's encoder just selected: no index range check (no sync)."""
+        return self._decode(code, True, check_indices=False)
+
     def decode_without_bias(self, code) -> torch.Tensor:
         """sum_j values_j * W_dec[indices_j] over all ranks' latents, [..., d_in] (AuxK)."""
         return self._decode(code, False)
@@ -263,7 +271,7 @@ class ShardedTopKSAE(SAEShape, nn.Module):
     def forward(self, x: torch.Tensor, *, dead: torch.Tensor | None = None) -> SAEOutput:
         """x [..., d_in] -> SAEOutput(x_hat [..., d_in], code [..., k], aux or None)."""
         code, aux = self._encode(x, None, dead)
-        return SAEOutput(self.decode(code), code, aux)
+        return SAEOutput(self._decode_own(code), code, aux)
 
     def auxk_loss(self, x: torch.Tensor, out: SAEOutput) -> torch.Tensor:
         """AuxK loss (before its coefficient) of a forward output that has ``aux``."""

@@ -7,14 +7,17 @@ from torch import nn
 
 from saekit.nn._casting import cast, compute_dtype, flatten_rows, unflatten_rows
 from saekit.nn.sparse_code import SparseCode
-from saekit.ops.sparse_decode import sparse_decode
+from saekit.ops.sparse_decode import decode_rows
 
 
-def decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None, backend: str = "auto"):
+def decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None, backend: str = "auto", *,
+           check_indices: bool = True):
     """x_hat [..., d] = sum_j values[..., j] * W_dec[indices[..., j]] + b_dec.
 
     code: SparseCode with values and indices [..., k]. W_dec: [M, d]. b_dec: [d] or None.
     Works from the N x k nonzeros only (saekit.ops.sparse_decode); honours autocast.
+    check_indices=False skips the index range check (a host sync): only for a code that
+    saekit's encoder just selected.
     """
     values, indices = code
     leading = values.shape[:-1]
@@ -22,7 +25,8 @@ def decode(code: SparseCode, W_dec: torch.Tensor, b_dec: torch.Tensor | None, ba
         b_dec = W_dec.new_zeros(W_dec.shape[1])
     dtype = compute_dtype(values)
     v2, W_dec, b_dec = cast(dtype, flatten_rows(values, "values"), W_dec, b_dec)
-    x_hat = sparse_decode(v2, flatten_rows(indices, "indices"), W_dec, b_dec, backend=backend)
+    x_hat = decode_rows(v2, flatten_rows(indices, "indices"), W_dec, b_dec, backend=backend,
+                        check_indices=check_indices)
     return unflatten_rows(x_hat, leading)
 
 

@@ -166,10 +166,14 @@ class TopKSAE(SAEShape, nn.Module):
         """sum_j values_j * W_dec[indices_j], [..., d_in]: the AuxK reconstruction of a residual."""
         return decode(SparseCode(*code), self.W_dec, None, self.backend)
 
+    def _decode_own(self, code: SparseCode) -> torch.Tensor:
+        """decode for a code this SAE's encoder just selected: no index range check (no sync)."""
+        return decode(code, self.W_dec, self.b_dec, self.backend, check_indices=False)
+
     def forward(self, x: torch.Tensor, *, dead: torch.Tensor | None = None) -> SAEOutput:
         """x [..., d_in] -> SAEOutput(x_hat [..., d_in], code [..., k], aux or None)."""
         code, aux = self._encode(x, None, dead)
-        return SAEOutput(self.decode(code), code, aux)
+        return SAEOutput(self._decode_own(code), code, aux)
 
     def auxk_loss(self, x: torch.Tensor, out: SAEOutput) -> torch.Tensor:
         """AuxK loss (before its 1/32 coefficient) of a forward output that has ``aux``."""
@@ -214,7 +218,7 @@ class TakesGradient:
                 dead: torch.Tensor | None = None) -> SAEOutput:
         """x, grad [..., d_in] -> SAEOutput(x_hat, code, aux or None)."""
         code, aux = self._encode(x, grad, dead)
-        return SAEOutput(self.decode(code), code, aux)
+        return SAEOutput(self._decode_own(code), code, aux)
 
 
 class GradientTopKSAE(TakesGradient, TopKSAE):

@@ -67,16 +67,16 @@ def gradient_topk_encode_autograd(backward_op: Callable) -> tuple[Callable, Call
 
 
 def sparse_decode_autograd(backward_op: Callable) -> tuple[Callable, Callable]:
-    """Autograd of ``sparse_decode(values, indices, W_dec, b_dec) -> x_hat``."""
+    """Autograd of ``sparse_decode(values, indices, W_dec, b_dec, check_indices) -> x_hat``."""
 
     def setup_context(ctx, inputs, output):
-        values, indices, W_dec, b_dec = inputs
+        values, indices, W_dec, b_dec, check_indices = inputs
         ctx.save_for_backward(values, indices, W_dec)
 
     def backward(ctx, grad_out):
         values, indices, W_dec = ctx.saved_tensors
         dvalues, dW_dec, db_dec = backward_op(grad_out, values, indices, W_dec, check_indices=False)
-        return dvalues, None, dW_dec, db_dec
+        return dvalues, None, dW_dec, db_dec, None
 
     return backward, setup_context
 

@@ -24,22 +24,29 @@ def sparse_decode(values, indices, W_dec, b_dec, *, backend="auto"):
         backend adds into float32 with atomics, so its last bits may vary between runs).
 
     Raises:
-        ValueError for an index outside [0, M), before any row is read.
+        ValueError for an index outside [0, M), before any row is read (one host sync).
     """
+    return decode_rows(values, indices, W_dec, b_dec, backend=backend, check_indices=True)
+
+
+def decode_rows(values, indices, W_dec, b_dec, *, backend="auto", check_indices=True):
+    """``sparse_decode``, whose index range check can be skipped (``check_indices=False``) for
+    indices that saekit's own encoder just selected: no host sync then. Other checks remain."""
     check_sparse_code(values, indices, W_dec, b_dec)
     name = dispatch.choose("sparse_decode", backend, values.device, values.dtype)
     if name == "reference":
-        check_indices_range(indices, W_dec.shape[0])
+        if check_indices:
+            check_indices_range(indices, W_dec.shape[0])
         return reference.sparse_decode(values, indices, W_dec, b_dec)
     if name == "triton":
         from saekit.triton import sparse_decode as triton_sparse_decode
 
-        return triton_sparse_decode.sparse_decode(values, indices, W_dec, b_dec)
-    return torch.ops.saekit.sparse_decode(values, indices, W_dec, b_dec)
+        return triton_sparse_decode.sparse_decode(values, indices, W_dec, b_dec, check_indices)
+    return torch.ops.saekit.sparse_decode(values, indices, W_dec, b_dec, check_indices)
 
 
 @torch.library.register_fake("saekit::sparse_decode")
-def _sparse_decode_fake(values, indices, W_dec, b_dec):
+def _sparse_decode_fake(values, indices, W_dec, b_dec, check_indices=True):
     return values.new_empty(values.shape[0], W_dec.shape[1])
 
 

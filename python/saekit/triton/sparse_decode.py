@@ -12,14 +12,15 @@ from saekit.triton.sparse_kernels import gather_dot, gather_sum, scatter_rows
 
 
 @torch.library.custom_op("saekit_triton::sparse_decode", mutates_args=())
-def _sparse_decode_op(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
-    check_indices_range(indices, W_dec.shape[0])
+def _sparse_decode_op(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor, check_indices: bool = True) -> Tensor:
+    if check_indices:
+        check_indices_range(indices, W_dec.shape[0])
     values, indices, W_dec, b_dec = (t.contiguous() for t in (values, indices, W_dec, b_dec))
     return gather_sum(values, indices, W_dec, b_dec)
 
 
 @_sparse_decode_op.register_fake
-def _(values, indices, W_dec, b_dec):
+def _(values, indices, W_dec, b_dec, check_indices=True):
     return values.new_empty(values.shape[0], W_dec.shape[1])
 
 
@@ -45,13 +46,14 @@ _backward, _setup_context = sparse_decode_autograd(torch.ops.saekit_triton.spars
 _sparse_decode_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def sparse_decode(values, indices, W_dec, b_dec):
+def sparse_decode(values, indices, W_dec, b_dec, check_indices=True):
     """SPEC section 3 on Triton (arguments already validated by saekit.ops).
 
     values [N, k], indices [N, k] int64 in [0, M), W_dec [M, d], b_dec [d] -> x_hat [N, d] in
     the dtype of values. Differentiable in values, W_dec and b_dec; reads only the k selected
     rows per token. The W_dec gradient accumulates in float32 (atomics) and is cast once.
 
-    Raises ValueError for an index outside [0, M) before any kernel runs.
+    Raises ValueError for an index outside [0, M) before any kernel runs, unless check_indices
+    is false (indices that saekit's encoder selected).
     """
-    return torch.ops.saekit_triton.sparse_decode(values, indices, W_dec, b_dec)
+    return torch.ops.saekit_triton.sparse_decode(values, indices, W_dec, b_dec, check_indices)
