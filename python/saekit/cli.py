@@ -170,18 +170,37 @@ def _load_config(path: str, parser: argparse.ArgumentParser, sub: argparse.Argum
     return values
 
 
+# Integer options and their least value; 0 or a negative count is an error, never "the default".
+POSITIVE_INTS = ("steps", "batch_size", "seq_len", "n_latents", "k", "grad_accum", "eval_batches", "threads",
+                 "log_every", "checkpoint_every", "latent_parallel")
+NON_NEGATIVE_INTS = ("k_aux", "warmup_steps", "dead_tokens", "seed")
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """ValueError naming the flag for a count (from the command line or --config) out of range."""
+    for names, least in ((POSITIVE_INTS, 1), (NON_NEGATIVE_INTS, 0)):
+        for name in names:
+            value = getattr(args, name, None)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be an integer of at least {least}, got {value!r}")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.config:
-        sub = parser._subparsers._group_actions[0].choices[args.command]
-        try:
+    try:
+        if args.config:
+            sub = parser._subparsers._group_actions[0].choices[args.command]
             file_values = _load_config(args.config, parser, sub)
-        except ValueError as e:
-            parser.exit(2, f"saekit: error: {e}\n")
-        for key, value in file_values.items():
-            if getattr(args, key, None) is None:
-                setattr(args, key, value)
+            for key, value in file_values.items():
+                if getattr(args, key, None) is None:
+                    setattr(args, key, value)
+        _check_counts(args)
+    except ValueError as e:
+        parser.exit(2, f"saekit: error: {e}\n")
     return args
 
 

@@ -1,5 +1,6 @@
 """BatchTopK against a dense batch-wide selection."""
 
+import pytest
 import torch
 
 from saekit.nn import BatchTopK, TopKSAE
@@ -55,3 +56,28 @@ def test_batch_topk_sae_trains_and_saves(tmp_path):
     loaded = TopKSAE.load(tmp_path)
     assert loaded.cfg.architecture == "batch_topk"
     assert torch.equal(loaded.activation.threshold, sae.activation.threshold)
+
+
+def test_threshold_moves_once_per_forward_when_the_candidates_double():
+    """Row 0 alone holds positive activations, so the first 4k candidates saturate and the
+    selection widens; the threshold still takes one step (the first: the smallest kept)."""
+    x = torch.zeros(8, 4)
+    x[0, 0] = 1.0
+    W = torch.zeros(64, 4)
+    W[:, 0] = torch.linspace(10, 1, 64)
+    layer = BatchTopK(1, momentum=0.5)
+    code = layer(x, W, torch.full((64,), -0.5), torch.zeros(4))
+    assert (code.values > 0).sum() == 8 > 4  # more than the first cap of candidates
+    first = code.values[code.values > 0].min()
+    torch.testing.assert_close(layer.threshold, first)
+    layer(x * 2, W, torch.full((64,), -0.5), torch.zeros(4))
+    torch.testing.assert_close(layer.threshold, (first + (x * 2 @ W.T - 0.5).sort(1, descending=True).values[0, 7]) / 2)
+
+
+def test_bad_k_and_momentum_are_errors():
+    x, W, be, bd = encoder_inputs(4, 8, 6, torch.float32)
+    with pytest.raises(ValueError, match="k must lie in"):
+        BatchTopK(7)(x, W, be, bd)
+    for momentum in (float("nan"), -0.1, 1.5):
+        with pytest.raises(ValueError, match="momentum must lie in"):
+            BatchTopK(2, momentum=momentum)

@@ -168,3 +168,16 @@ def test_sae_on_gpu_matches_reference(cls, backend):
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-4, msg=name)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert sae(x).x_hat.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("sae", [TopKSAE(8, 16, 2), GradientTopKSAE(8, 16, 2), TopKSAE(8, 16, 2, activation="batch_topk")],
+                         ids=["topk", "gradient_topk", "batch_topk"])
+def test_bad_dead_mask_is_an_error(sae):
+    x = torch.randn(4, 8)
+    inputs = (x, torch.randn(4, 8)) if isinstance(sae, GradientTopKSAE) else (x,)
+    for dead, error, match in [(torch.ones(3, dtype=torch.bool), ValueError, r"dead must have shape \[M\]"),
+                               (torch.ones(20, dtype=torch.bool), ValueError, r"dead must have shape \[M\]"),
+                               (torch.ones(16), TypeError, "dead must be a bool tensor"),
+                               (torch.ones(16, dtype=torch.int64), TypeError, "dead must be a bool tensor")]:
+        with pytest.raises(error, match=match):
+            sae(*inputs, dead=dead)

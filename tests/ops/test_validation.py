@@ -123,3 +123,16 @@ def test_empty_batch_is_valid(backend):
     assert out.values.shape == (0, k)
     x_hat = sparse_decode(torch.rand(0, k), torch.zeros(0, k, dtype=torch.int64), torch.randn(M, d), torch.randn(d), backend=backend)
     assert x_hat.shape == (0, d)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [-1, M])
+def test_sparse_decode_checks_indices_under_torch_compile(backend, bad):
+    """The eager check is skipped while tracing; the graph must still refuse the index (index -1
+    would otherwise read W_dec[M - 1] in the reference's compiled gather)."""
+    torch._dynamo.reset()
+    decode = torch.compile(lambda v, i, W, b: sparse_decode(v, i, W, b, backend=backend), fullgraph=True)
+    args = _dec()
+    args["indices"][1, 1] = bad
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, M\)"):
+        decode(*args.values())

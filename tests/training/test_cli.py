@@ -30,6 +30,27 @@ def test_bad_config_and_flags(tmp_path, capsys):
     assert "unknown architecture 'relu'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--steps", "0"], "--steps must be an integer of at least 1, got 0"),
+    (["train", "--batch-size", "0"], "--batch-size must be an integer of at least 1, got 0"),
+    (["train", "--threads", "0"], "--threads must be an integer of at least 1"),
+    (["train", "--k-aux", "-1"], "--k-aux must be an integer of at least 0, got -1"),
+    (["eval", "--sae", "x", "--eval-batches", "0"], "--eval-batches must be an integer of at least 1"),
+])
+def test_zero_or_negative_counts_are_errors_not_defaults(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_counts_from_a_config_file_are_checked_too(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('steps = "10"\n')
+    with pytest.raises(SystemExit):
+        parse_args(["train", "--config", str(cfg)])
+    assert "--steps must be an integer of at least 1, got '10'" in capsys.readouterr().err
+
+
 def test_train_on_a_language_model_then_resume_and_eval(tmp_path, capsys):
     pytest.importorskip("transformers")
     make_tiny_lm(tmp_path / "lm")

@@ -51,7 +51,7 @@ from saekit.ops import reference
 from saekit.ops.gradient_topk_encode import gradient_topk_encode
 from saekit.ops.sparse_decode import decode_rows
 from saekit.ops.topk_encode import topk_encode
-from saekit.ops.validation import check_indices_range
+from saekit.ops.validation import checked_indices
 
 SHARDED_PARAMETERS = ("W_enc", "b_enc", "W_dec")  # row-sharded; b_dec is replicated
 
@@ -240,7 +240,7 @@ class ShardedTopKSAE(SAEShape, nn.Module):
         leading = values.shape[:-1]
         v2, i2 = flatten_rows(values, "values"), flatten_rows(indices, "indices")
         if check_indices:
-            check_indices_range(i2, self.n_latents)
+            i2 = checked_indices(i2, self.n_latents)
         dtype = compute_dtype(values)
         own = (i2 >= self.start) & (i2 < self.end)
         Ms = self.end - self.start

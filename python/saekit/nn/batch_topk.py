@@ -32,6 +32,8 @@ class BatchTopK(nn.Module):
             raise ValueError(f"k must be a positive int, got {k!r}")
         self.k = k
         self.momentum = float(momentum)
+        if not 0.0 <= self.momentum <= 1.0:  # NaN fails too
+            raise ValueError(f"momentum must lie in [0, 1], got {momentum!r}")
         self.backend = backend
         self.register_buffer("threshold", torch.zeros(()))
 
@@ -44,6 +46,8 @@ class BatchTopK(nn.Module):
         dtype = compute_dtype(x)
         x2, W_enc, b_enc, b_dec = cast(dtype, flatten_rows(x), W_enc, b_enc, b_dec)
         N, M = x2.shape[0], W_enc.shape[0]
+        if self.k > M:
+            raise ValueError(f"k must lie in [1, M] with M = {M} (the rows of W_enc), got {self.k}")
         if N == 0:
             empty = topk_encode(x2, W_enc, b_enc, b_dec, min(self.k, M), backend=self.backend)
             return SparseCode(unflatten_rows(empty.values, leading), unflatten_rows(empty.indices, leading))
@@ -55,6 +59,8 @@ class BatchTopK(nn.Module):
             if not saturated or cap == M:
                 break
             cap = min(M, 2 * cap)
+        if self.training:
+            self._update_threshold(values.detach(), keep)
         width = max(int(keep.sum(1).max()), 1)
         values = torch.where(keep, values, 0)[:, :width]
         code = SparseCode(unflatten_rows(values, leading), unflatten_rows(indices[:, :width], leading))
@@ -73,11 +79,13 @@ class BatchTopK(nn.Module):
         order = torch.sort(flat, descending=True, stable=True).indices[:n_keep]
         keep = torch.zeros_like(flat, dtype=torch.bool)
         keep[order] = True
-        keep = keep.reshape(values.shape) & positive
-        with torch.no_grad():
-            if keep.any():
-                smallest = values.float()[keep].min()
-                smallest = smallest.to(self.threshold.dtype)
-                first = bool(self.threshold == 0)
-                self.threshold.copy_(smallest) if first else self.threshold.lerp_(smallest, self.momentum)
-        return keep
+        return keep.reshape(values.shape) & positive
+
+    @torch.no_grad()
+    def _update_threshold(self, values: torch.Tensor, keep: torch.Tensor) -> None:
+        """Once per training forward: move ``threshold`` towards the smallest value kept (the
+        first update sets it)."""
+        if keep.any():
+            smallest = values.float()[keep].min().to(self.threshold.dtype)
+            first = bool(self.threshold == 0)
+            self.threshold.copy_(smallest) if first else self.threshold.lerp_(smallest, self.momentum)

@@ -14,7 +14,7 @@ from saekit.nn.decoder import decode
 from saekit.nn.decoder_norm import normalize_rows_, remove_parallel_gradient_
 from saekit.nn.metrics import auxk_loss
 from saekit.nn.sparse_code import SAEOutput, SparseCode
-from saekit.ops.validation import GRAD_NORMS
+from saekit.ops.validation import GRAD_NORMS, check_dead
 
 ARCHITECTURES = ("topk", "batch_topk", "gradient_topk")
 
@@ -146,6 +146,8 @@ class TopKSAE(SAEShape, nn.Module):
     def _encode(self, x, grad, dead):
         """(code, aux or None). Plain TopK takes AuxK from the same fused pass as its selection."""
         self._check_input(x)
+        if dead is not None:
+            check_dead(dead, 0, x, self.n_latents)
         if dead is not None and self.cfg.architecture == "topk" and grad is None:
             self.activation.backend = self.backend
             k_aux = min(self.cfg.k_aux, int(dead.sum()))

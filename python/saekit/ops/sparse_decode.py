@@ -6,7 +6,7 @@ import torch
 
 from saekit.ops import dispatch, reference
 from saekit.ops.autograd import sparse_decode_autograd
-from saekit.ops.validation import check_indices_range, check_sparse_code
+from saekit.ops.validation import check_sparse_code, checked_indices
 
 
 def sparse_decode(values, indices, W_dec, b_dec, *, backend="auto"):
@@ -36,7 +36,7 @@ def decode_rows(values, indices, W_dec, b_dec, *, backend="auto", check_indices=
     name = dispatch.choose("sparse_decode", backend, values.device, values.dtype)
     if name == "reference":
         if check_indices:
-            check_indices_range(indices, W_dec.shape[0])
+            indices = checked_indices(indices, W_dec.shape[0])
         return reference.sparse_decode(values, indices, W_dec, b_dec)
     if name == "triton":
         from saekit.triton import sparse_decode as triton_sparse_decode

@@ -123,8 +123,23 @@ def check_sparse_code(values, indices, W_dec, b_dec) -> None:
 
 
 def check_indices_range(indices: torch.Tensor, M: int) -> None:
-    """Eager check that every index lies in [0, M): one device sync (min and max in one copy)."""
+    """Eager check that every index lies in [0, M): one device sync (min and max in one copy).
+    Skipped while torch.compile traces; ``checked_indices`` is the check a graph keeps."""
     if indices.numel() and not torch.compiler.is_compiling():
         lo, hi = torch.stack(torch.aminmax(indices)).tolist()
         if lo < 0 or hi >= M:
             raise ValueError(f"indices must lie in [0, M) with M = {M}, got values in [{lo}, {hi}]")
+
+
+@torch.library.custom_op("saekit_checks::checked_indices", mutates_args=())
+def checked_indices(indices: torch.Tensor, M: int) -> torch.Tensor:
+    """A copy of indices [N, k] once check_indices_range passed: the range check as an op, so
+    that a compiled graph runs it too (for the reference backend, which has no kernel to check
+    in; the compiled backends' ops check inside)."""
+    check_indices_range(indices, M)
+    return indices.clone()
+
+
+@checked_indices.register_fake
+def _(indices, M):
+    return torch.empty_like(indices)
