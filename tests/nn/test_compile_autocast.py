@@ -1,4 +1,5 @@
-"""The SAE modules under torch.autocast and torch.compile(fullgraph=True)."""
+"""The SAE modules under torch.autocast and torch.compile (fullgraph=True, and with AuxK
+without)."""
 
 import pytest
 import torch
@@ -48,6 +49,28 @@ def test_compile_fullgraph_forward_and_backward(cls):
     # from it ahead of time, so the backward is compiled without breaks too.
     compiled = torch.compile(_loss, fullgraph=True, backend="aot_eager")
     loss, _ = _step(sae, x, grad, compiled)
+    torch.testing.assert_close(loss, eager_loss)
+    for p, g in zip(sae.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_compile_with_auxk_matches_eager():
+    """AuxK's k_aux is the dead count (data): plain torch.compile breaks the graph there and
+    still gives eager's loss and gradients."""
+    torch.manual_seed(0)
+    sae = TopKSAE(16, 64, 4, k_aux=8, backend="cpu")
+    x = torch.randn(10, 16)
+    dead = torch.arange(64) % 3 == 0
+
+    def loss_fn(sae, x, grad=None):
+        out = sae(x, dead=dead)
+        return (out.x_hat - x).pow(2).sum() + sae.auxk_loss(x, out), out
+
+    eager_loss, _ = _step(sae, x, loss_fn=loss_fn)
+    eager_grads = [p.grad.clone() for p in sae.parameters()]
+    sae.zero_grad()
+    torch._dynamo.reset()
+    loss, _ = _step(sae, x, loss_fn=torch.compile(loss_fn, backend="aot_eager"))
     torch.testing.assert_close(loss, eager_loss)
     for p, g in zip(sae.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g)

@@ -278,6 +278,18 @@ def test_triton_imported_before_the_interpreter_was_asked_for_is_named():
     assert "triton was imported" in proc.stdout and "before TRITON_INTERPRET=1" in proc.stdout
 
 
+@pytest.mark.skipif(not dispatch._TRITON_INTERPRETER_OK, reason="the interpreter path needs triton >= 3.8")
+def test_compiled_sae_in_a_fresh_process():
+    """The first compiled call imports saekit.triton itself: dispatch must not guard on it."""
+    code = ("import torch; from saekit.nn import TopKSAE, fvu; sae = TopKSAE(16, 64, 4, backend='triton'); "
+            "x = torch.randn(8, 16); f = torch.compile(lambda m, x: fvu(x, m(x).x_hat), fullgraph=True); "
+            "f(sae, x).backward(); print('grad', bool(sae.W_enc.grad.abs().sum() > 0))")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "grad True" in proc.stdout
+
+
 def test_k_and_k_aux_at_the_limit(device):
     """k = 200 and k_aux = 256 use the widest key buffers (256) the fused encoder keeps."""
     x, W, be, bd = encoder_inputs(5, 4, 600, torch.float32, seed=9, device=device)

@@ -63,6 +63,14 @@ def _triton_reason(op: str, device: torch.device, k: int | None = None) -> str |
         return None
     if device.type != "cpu":
         return f"the triton backend runs on CUDA tensors (or CPU ones in its interpreter), got {device.type}"
+    return _interpreter_reason()
+
+
+# A constant to torch.compile: traced, the sys.modules lookups would become guards that the
+# first call's own import of saekit.triton breaks ("Guard failed on the same frame").
+@torch.compiler.assume_constant_result
+def _interpreter_reason() -> str | None:
+    """Why Triton's CPU interpreter cannot run saekit's kernels here, or None."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         return "triton runs CPU tensors only in its interpreter: set TRITON_INTERPRET=1 before importing saekit"
     if not _TRITON_INTERPRETER_OK:
