@@ -12,7 +12,8 @@ namespace saekit {
 
 inline void check_float(const at::Tensor& t, const char* name) {
   TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()),
-                   name, " must be a floating tensor (float32, bfloat16 or float16), got ",
+                   name, " must be a floating tensor (float32, bfloat16, float16, or float64 on "
+                   "the cpu backend), got ",
                    t.scalar_type());
 }
 

@@ -132,6 +132,8 @@ def load_sae(path, *, device=None, dtype=None, backend: str = "auto"):
         ValueError naming the file and the key for a missing file, tensor or key, a wrong
         shape, or an unknown architecture; nothing is built until everything has been checked.
     """
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     path = Path(path)
     raw = read_config(path)
     if raw.get("format") == "saekit-sharded":  # per-shard files: stitched by saekit.distributed

@@ -1,8 +1,18 @@
 """Training helpers against direct computations."""
 
+import pytest
 import torch
 
-from saekit.nn import DeadLatentTracker, TopKSAE, auxk_loss, fvu, normalized_mse, remove_parallel_gradient_
+from saekit.nn import (
+    DeadLatentTracker,
+    GradientTopK,
+    SparseCode,
+    TopKSAE,
+    auxk_loss,
+    fvu,
+    normalized_mse,
+    remove_parallel_gradient_,
+)
 
 
 def test_normalize_decoder_gives_unit_rows_and_keeps_directions():
@@ -58,3 +68,23 @@ def test_dead_latent_tracker_counts_tokens_since_fired():
     assert tracker.dead.tolist() == [False, True, False, False, True, True]
     assert abs(tracker.dead_fraction() - 0.5) < 1e-9
     assert "tokens_since_fired" in tracker.state_dict()
+
+
+def test_metrics_refuse_shapes_that_would_broadcast():
+    x = torch.randn(6, 4)
+    for metric in (fvu, normalized_mse):
+        with pytest.raises(ValueError, match=r"x_hat must have the shape of x \[6, 4\], got \[6, 1\]"):
+            metric(x, x[:, :1])
+
+
+def test_dense_code_needs_room_for_every_index():
+    code = SparseCode(torch.ones(2, 2), torch.tensor([[0, 7], [3, 1]]))
+    assert code.dense(8)[0, 7] == 1
+    with pytest.raises(ValueError, match=r"indices lie in \[0, 7\]: n_latents = 5 is too small"):
+        code.dense(5)
+
+
+def test_gradient_topk_refuses_a_non_finite_beta():
+    for beta in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="beta must be finite"):
+            GradientTopK(4, beta)

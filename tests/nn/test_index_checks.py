@@ -8,7 +8,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from saekit.distributed import ShardedGradientTopKSAE, ShardedTopKSAE
 from saekit.nn import GradientTopKSAE, SparseDecoder, TopKSAE, fvu
-from saekit.ops import dispatch
+from tests.ops.cases import require
 
 BACKENDS = ["cpu", "reference", "triton"]
 
@@ -20,16 +20,10 @@ def _range_checks(fn):
     return sum(e.count for e in prof.key_averages() if e.key == "aten::aminmax")
 
 
-def _require(backend):
-    reason = dispatch.supports(backend, "topk_encode", torch.device("cpu"), torch.float32)
-    if reason is not None:
-        pytest.skip(reason)
-
-
 @pytest.mark.parametrize("sae_class", [TopKSAE, GradientTopKSAE, ShardedTopKSAE, ShardedGradientTopKSAE])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_training_step_runs_no_index_check(sae_class, backend):
-    _require(backend)
+    require(backend, "topk_encode", "cpu", torch.float32)
     torch.manual_seed(0)
     sae = sae_class(8, 24, 3, backend=backend)
     x = torch.randn(2, 5, 8)

@@ -57,3 +57,19 @@ def test_corrupt_weights_and_missing_dir(tmp_path):
         load_sae(tmp_path)
     with pytest.raises(ValueError, match=r"cfg\.json: missing"):
         load_sae(tmp_path / "nowhere")
+
+
+def test_bad_beta_dtype_and_class(tmp_path):
+    TopKSAE(8, 24, 3).save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "beta": None}))
+    with pytest.raises(ValueError, match=r"cfg\.json: SAEConfig\.beta must be a finite number, got None"):
+        load_sae(tmp_path)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        load_sae(tmp_path, dtype=torch.int32)
+    with pytest.raises(ValueError, match="holds a 'topk' SAE"):
+        GradientTopKSAE.load(tmp_path)
+    assert type(TopKSAE.load(tmp_path)) is TopKSAE
+    GradientTopKSAE(8, 24, 3).save(tmp_path / "g")
+    assert type(TopKSAE.load(tmp_path / "g")) is GradientTopKSAE  # a g-SAE is a TopKSAE

@@ -7,6 +7,8 @@ plentiful, and a float64 computation selects exactly the same latents.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -19,6 +21,10 @@ DEVICES_BACKENDS = (
     pytest.param("cuda", "cuda", marks=pytest.mark.gpu),
     pytest.param("cuda", "triton", marks=pytest.mark.gpu),
 )
+# Those and the triton backend on CPU tensors, in Triton's interpreter (where no GPU is present:
+# tests/conftest.py sets TRITON_INTERPRET=1), for the tests that have no twin in tests/triton.
+# Tests using it call require() first.
+WITH_TRITON_CPU = DEVICES_BACKENDS + (("cpu", "triton"),)
 
 
 def shape_id(shape):
@@ -26,13 +32,24 @@ def shape_id(shape):
     return "N{}-d{}-M{}-k{}".format(*shape)
 
 
+def interpreter_expected() -> bool:
+    """CI sets SAEKIT_EXPECT_TRITON_INTERPRETER=1: there, Triton's interpreter missing (an old
+    Triton, or triton imported before TRITON_INTERPRET=1) fails the run instead of skipping."""
+    return os.environ.get("SAEKIT_EXPECT_TRITON_INTERPRETER") == "1"
+
+
 def require(backend, op, device, dtype):
-    """Skip when backend declares that it cannot run op for device and dtype."""
+    """Skip when backend declares that it cannot run op for device and dtype (fail, where the
+    interpreter is expected, if the reason is that Triton's interpreter cannot run at all)."""
     from saekit.ops import dispatch
 
     reason = dispatch.supports(backend, op, torch.device(device), dtype)
-    if reason is not None:
-        pytest.skip(reason)
+    if reason is None:
+        return
+    if backend == "triton" and device == "cpu" and interpreter_expected() \
+            and dispatch.supports("triton", op, torch.device("cpu")) is not None:
+        pytest.fail(f"SAEKIT_EXPECT_TRITON_INTERPRETER=1 but {reason}")
+    pytest.skip(reason)
 
 
 def grid(shape, generator, low=-8, high=8, device="cpu"):

@@ -5,6 +5,7 @@ from saekit.ops import gradient_topk_encode, reference, topk_encode
 from tests.ops.cases import (
     shape_id,
     DEVICES_BACKENDS,
+    WITH_TRITON_CPU,
     DTYPES,
     assert_close_to_oracle,
     encoder_inputs,
@@ -39,10 +40,11 @@ def test_reference_score_by_hand():
         assert idx[n].tolist() == sorted(range(6), key=lambda i: (-score[i], i))
 
 
-@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+@pytest.mark.parametrize("device,backend", WITH_TRITON_CPU)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_matches_reference(device, backend, dtype, shape):
+    require(backend, "gradient_topk_encode", device, dtype)
     N, d, M, k = shape
     inputs = encoder_inputs(N, d, M, dtype, seed=N + M, device=device)
     grad, W_dec = _grad_inputs(N, d, M, dtype, N + M, device)
@@ -119,9 +121,10 @@ def test_no_gradient_into_grad_or_decoder(device, backend):
     )
 
 
-@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+@pytest.mark.parametrize("device,backend", WITH_TRITON_CPU)
 def test_nan_scores_match_reference(device, backend):
     """NaN in pre (a NaN encoder row) or in h (a NaN decoder row) ranks first, as in TopK."""
+    require(backend, "gradient_topk_encode", device, torch.float32)
     N, d, M, k = 9, 8, 30, 5
     x, W, be, bd = encoder_inputs(N, d, M, torch.float32, device=device)
     grad, W_dec = _grad_inputs(N, d, M, torch.float32, 2, device)
@@ -145,10 +148,11 @@ def test_float16_gradient_rows_at_float32_limits(device, backend):
     assert torch.equal(out.values, expect.values)
 
 
-@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+@pytest.mark.parametrize("device,backend", WITH_TRITON_CPU)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_zero_width_inputs(device, backend, dtype):
     """d = 0: every pre-activation is b_enc and the gradient term is zero."""
+    require(backend, "gradient_topk_encode", device, dtype)
     x, W, be, bd = encoder_inputs(6, 0, 9, dtype, device=device)
     grad, W_dec = _grad_inputs(6, 0, 9, dtype, 0, device)
     out = gradient_topk_encode(x, grad, W, be, W_dec, bd, 4, beta=1.0, backend=backend)
@@ -171,5 +175,95 @@ def test_float16_gradients_outside_float16_range(device, backend, power):
     expect = gradient_topk_encode(*args, k, beta=beta, backend="reference")
     plain = topk_encode(args[0], args[2], args[3], args[5], k, backend="reference")
     assert not torch.equal(expect.indices, plain.indices)  # the gradient term decides here
+    assert torch.equal(out.indices, expect.indices)
+    assert torch.equal(out.values, expect.values)
+
+
+def _l2_rows(g):
+    """Each row of g divided by its Euclidean norm, written out; zero rows stay zero."""
+    norms = [sum(float(v) ** 2 for v in row) ** 0.5 for row in g.double().cpu()]
+    return torch.stack([row / n if n > 0 else row for row, n in zip(g.double().cpu(), norms)]).to(g)
+
+
+def test_normalize_grad_is_the_l2_norm_of_each_row():
+    g = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0], [1.0, -1.0, 7.0], [1e-3, 2e3, -5.0]])
+    torch.testing.assert_close(reference.normalize_grad(g, "token"), _l2_rows(g), rtol=1e-6, atol=0)
+    assert torch.equal(reference.normalize_grad(g, "none"), g)
+
+
+@pytest.mark.parametrize("device,backend", WITH_TRITON_CPU + (("cpu", "reference"),))
+def test_token_norm_selects_as_the_hand_normalised_gradient(device, backend):
+    """grad_norm="token" equals grad_norm="none" on each row divided by its L2 norm (written out
+    here, not taken from the reference); with rows of sizes from 1e-3 to 1e3, and a beta at which
+    the gradient term and pre weigh alike, the L1 or max norm would select differently."""
+    require(backend, "gradient_topk_encode", device, torch.float32)
+    N, d, M, k, beta = 12, 8, 60, 6, 0.5
+    x, W, be, bd = encoder_inputs(N, d, M, torch.float32, seed=5, device=device)
+    g = torch.Generator().manual_seed(9)
+    grad = grid((N, d), g) * torch.logspace(-3, 3, N, dtype=torch.float64)[:, None]
+    grad[4] = 0
+    grad = grad.to(device, torch.float32)
+    W_dec = grid((M, d), g).to(device, torch.float32)
+
+    def select(g, norm, backend):
+        return gradient_topk_encode(x, g, W, be, W_dec, bd, k, beta=beta, grad_norm=norm, backend=backend)
+
+    out, expect = select(grad, "token", backend), select(_l2_rows(grad), "none", "reference")
+    for other in (grad.abs().sum(1, keepdim=True), grad.abs().amax(1, keepdim=True)):
+        assert not torch.equal(select(grad / other.clamp_min(1e-30), "none", "reference").indices, expect.indices)
+    assert torch.equal(out.indices, expect.indices)
+    assert torch.equal(out.values, expect.values)
+
+
+@pytest.mark.parametrize("device,backend", WITH_TRITON_CPU)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rows_with_fewer_than_k_positive(device, backend, dtype):
+    """Rows with 3 positive pre-activations and k = 8: the gradient term only reorders the
+    positive ones; the non-positive ones fill up by their plain pre-activation, as in TopK."""
+    require(backend, "gradient_topk_encode", device, dtype)
+    N, d, M, k = 10, 8, 30, 8
+    x, W, be, bd = encoder_inputs(N, d, M, dtype, seed=1, device=device)
+    be[3:] -= 40  # only latents 0..2 can be positive
+    grad, W_dec = _grad_inputs(N, d, M, dtype, 3, device)
+    out = gradient_topk_encode(x, grad, W, be, W_dec, bd, k, beta=4.0, backend=backend)
+    expect = gradient_topk_encode(x, grad, W, be, W_dec, bd, k, beta=4.0, backend="reference")
+    assert torch.equal(out.indices, expect.indices)
+    assert torch.equal(out.values, expect.values)
+    plain = topk_encode(x, W, be, bd, k, backend="reference")
+    pre = reference.pre_activations(x.double(), W.double(), be.double(), bd.double())
+    positive = (pre > 0).sum(1)
+    assert positive.max() <= 3 and (out.values[:, 3:] == 0).all()
+    for n in range(N):  # the tail (non-positive latents) in TopK's order
+        p = int(positive[n])
+        assert out.indices[n, p:].tolist() == plain.indices[n, p:].tolist()
+
+
+@pytest.mark.parametrize("device,backend", [pytest.param("cuda", "cuda", marks=pytest.mark.gpu),
+                                            pytest.param("cuda", "triton", marks=pytest.mark.gpu),
+                                            ("cpu", "triton")])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("grad_norm", ["none", "token"])
+def test_16_bit_inputs_round_g_to_their_dtype(device, backend, dtype, grad_norm):
+    """The documented precision of the GPU backends (README, Precision): for 16-bit inputs the
+    gradient, normalised first, is rounded to the input dtype (float16: after dividing each row
+    by a power of two that brings its largest entry into [0.5, 1)) before the h product. With a
+    float32 gradient off the grid this selects as the reference fed that rounded gradient, which
+    here differs from the reference fed the gradient as it is."""
+    require(backend, "gradient_topk_encode", device, dtype)
+    N, d, M, k = 64, 8, 300, 16
+    x, W, be, bd = encoder_inputs(N, d, M, dtype, seed=4, device=device)
+    g = torch.Generator().manual_seed(8)
+    grad = torch.randn(N, d, generator=g).to(device)
+    W_dec = grid((M, d), g).to(device, dtype)
+    g32 = reference.normalize_grad(grad, grad_norm)
+    if dtype == torch.float16:
+        scale = torch.ldexp(torch.ones(N, 1, device=device), torch.frexp(g32.abs().amax(1, keepdim=True))[1])
+        rounded = (g32 / scale).to(dtype).float() * scale
+    else:
+        rounded = g32.to(dtype).float()
+    out = gradient_topk_encode(x, grad, W, be, W_dec, bd, k, beta=4.0, grad_norm=grad_norm, backend=backend)
+    expect = gradient_topk_encode(x, rounded, W, be, W_dec, bd, k, beta=4.0, backend="reference")
+    unrounded = gradient_topk_encode(x, g32, W, be, W_dec, bd, k, beta=4.0, backend="reference")
+    assert not torch.equal(unrounded.indices, expect.indices)
     assert torch.equal(out.indices, expect.indices)
     assert torch.equal(out.values, expect.values)

@@ -43,8 +43,7 @@ def test_opcheck(op):
 def test_every_schema_is_listed():
     """OPS must name every op the extension defines, so none escapes opcheck."""
     defined = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("saekit::")}
-    compiled = {op for op in defined if has_kernel(op, "CPU")}
-    assert compiled == set(OPS)
+    assert defined == set(OPS)
 
 
 @pytest.mark.parametrize("op", OPS)

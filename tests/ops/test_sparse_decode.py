@@ -2,7 +2,16 @@ import pytest
 import torch
 
 from saekit.ops import sparse_decode
-from tests.ops.cases import shape_id, DEVICES_BACKENDS, DTYPES, assert_close_to_oracle, grads, leaves, require
+from tests.ops.cases import (
+    DEVICES_BACKENDS,
+    DTYPES,
+    WITH_TRITON_CPU,
+    assert_close_to_oracle,
+    grads,
+    leaves,
+    require,
+    shape_id,
+)
 
 # d = 6 and 100 are not multiples of the CUDA kernels' 8-wide 16-bit packs; d = 6 not of their
 # 4-wide float32 ones either.
@@ -46,11 +55,12 @@ def test_matches_reference(device, backend, dtype, shape):
         assert_close_to_oracle(a, bb, c, name)
 
 
-@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+@pytest.mark.parametrize("device,backend", WITH_TRITON_CPU)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_rows_off_a_16_byte_boundary(device, backend, dtype):
     """W_dec and grad_out as contiguous views that start one element into their storage: the
     CUDA kernels' 16-byte loads must not be taken for them."""
+    require(backend, "sparse_decode", device, dtype)
     N, d, M, k = 12, 16, 30, 4
     v, idx, W, b = _inputs(N, d, M, k, dtype, seed=2, device=device)
     W_off = torch.empty(M * d + 1, dtype=dtype, device=device)[1:].view(M, d).copy_(W)
@@ -63,8 +73,17 @@ def test_rows_off_a_16_byte_boundary(device, backend, dtype):
         out.float().backward(up)
         return out, leaf_v.grad, weights.grad
 
-    for a, r in zip(run(W_off, backend), run(W.clone(), "reference")):
-        torch.testing.assert_close(a.float(), r.float(), rtol=2e-2, atol=2e-2)
+    oracle = [v.double(), W.double(), b.double()]
+    up64 = up.double()
+
+    def run64():
+        leaf_v, weights = oracle[0].clone().requires_grad_(True), oracle[1].clone().requires_grad_(True)
+        sparse_decode(leaf_v, idx, weights, oracle[2], backend="reference").backward(up64)
+        return sparse_decode(leaf_v, idx, weights, oracle[2], backend="reference"), leaf_v.grad, weights.grad
+
+    for name, a, r, o in zip(("x_hat", "dvalues", "dW_dec"), run(W_off, backend), run(W.clone(), "reference"),
+                             run64()):
+        assert_close_to_oracle(a.detach(), r.detach(), o.detach(), name)
 
 
 @pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
@@ -74,7 +93,7 @@ def test_latents_chosen_by_most_tokens(device, backend, dtype, d, M):
     """Latent 0 in every token and latent M - 1 in every other one (with M = 1: every entry on
     one latent), as early in training: their W_dec gradients sum thousands of entries (the CUDA
     backward splits them across blocks and adds the parts in a fixed order), exactly
-    reproducible from run to run."""
+    reproducible from run to run (except Triton's, whose float32 atomics may add in any order)."""
     N, k = 3000, 24
     v, idx, W, b = _inputs(N, d, M, k, dtype, seed=11, device=device)
     idx[:, 0] = 0
@@ -88,12 +107,14 @@ def test_latents_chosen_by_most_tokens(device, backend, dtype, d, M):
     for name, a, bb, c in zip(("dvalues", "dW_dec", "db_dec"), got, grads([expect], ref, [up]),
                               grads([oracle], ref64, [up])):
         assert_close_to_oracle(a, bb, c, name)
-    again = grads([sparse_decode(mine[0], idx, *mine[1:], backend=backend)], mine, [up])
-    assert torch.equal(got[1], again[1])
+    if backend != "triton":
+        again = grads([sparse_decode(mine[0], idx, *mine[1:], backend=backend)], mine, [up])
+        assert torch.equal(got[1], again[1])
 
 
-@pytest.mark.parametrize("device,backend", DEVICES_BACKENDS)
+@pytest.mark.parametrize("device,backend", WITH_TRITON_CPU)
 def test_repeated_indices_add_up(device, backend):
+    require(backend, "sparse_decode", device, torch.float32)
     W = torch.randn(5, 3, device=device)
     b = torch.zeros(3, device=device)
     values = torch.tensor([[1.0, 2.0, 0.5]], device=device)

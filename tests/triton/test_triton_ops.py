@@ -13,8 +13,13 @@ import torch
 pytest.importorskip("triton")
 from saekit.ops import dispatch
 
-if dispatch.supports("triton", "topk_encode", torch.device("cpu")) is not None and not torch.cuda.is_available():
-    pytest.skip(dispatch.supports("triton", "topk_encode", torch.device("cpu")), allow_module_level=True)
+from tests.ops.cases import interpreter_expected
+
+_REASON = dispatch.supports("triton", "topk_encode", torch.device("cpu"))
+if _REASON is not None and not torch.cuda.is_available():
+    if interpreter_expected():
+        raise RuntimeError(f"SAEKIT_EXPECT_TRITON_INTERPRETER=1 but {_REASON}")
+    pytest.skip(_REASON, allow_module_level=True)
 
 import saekit
 import saekit.triton.sparse_decode  # registers torch.ops.saekit_triton.*
@@ -23,6 +28,7 @@ import triton
 import triton.language as tl
 from saekit.ops import gradient_topk_encode, reference, sparse_decode, topk_encode
 from saekit.triton import OPS, interpreter_topk
+from saekit.triton.keys import score_keys
 
 from tests.ops.cases import (
     DTYPES,
@@ -163,6 +169,32 @@ def test_nan_and_signed_zero_order(device):
     expect = reference.select(b_enc.expand(N, M).cpu(), M)
     assert out.indices.tolist() == expect.tolist()
     assert out.values[:, :2].isnan().all()
+
+
+@triton.jit
+def _keys_kernel(score_ptr, latent_ptr, key_ptr, L: tl.constexpr):
+    i = tl.arange(0, L)
+    tl.store(key_ptr + i, score_keys(tl.load(score_ptr + i), tl.load(latent_ptr + i)))
+
+
+def test_score_keys_order_signed_zeros_nans_and_infinities(device):
+    """The packed keys straight from score_keys (a -0.0 never reaches it through the encoder,
+    whose bias fold turns it into +0.0): -0.0 and 0.0 give one key, every NaN ranks first,
+    and sorting the keys descending is SPEC's order (score descending, then latent ascending)."""
+    nan = float("nan")
+    scores = [1.0, -0.0, 0.0, nan, -1.0, float("inf"), -0.0, -nan, -float("inf"), 1.0, 0.0, 2.0,
+              1e-45, -1e-45, 3.4e38, -3.4e38]
+    score = torch.tensor(scores, dtype=torch.float32)
+    score[7] = -score[7].abs()  # a NaN with its sign bit set
+    latent = torch.arange(16, dtype=torch.int32)
+    keys = torch.empty(16, dtype=torch.int64, device=device)
+    _keys_kernel[(1,)](score.to(device), latent.to(device), keys, 16)
+    keys = keys.cpu()
+    same_latent = torch.empty(2, dtype=torch.int64).to(device)
+    _keys_kernel[(1,)](torch.tensor([-0.0, 0.0]).to(device), torch.tensor([5, 5], dtype=torch.int32).to(device),
+                       same_latent, 2)
+    assert same_latent[0] == same_latent[1]
+    assert keys.sort(descending=True).indices.tolist() == reference.select(score[None], 16)[0].tolist()
 
 
 def test_rows_with_fewer_than_k_positive(device):

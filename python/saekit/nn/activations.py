@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -95,6 +97,8 @@ class GradientTopK(nn.Module):
             raise ValueError(f"grad_norm must be one of {GRAD_NORMS}, got {grad_norm!r}")
         self.k = k
         self.beta = float(beta)
+        if not math.isfinite(self.beta):
+            raise ValueError(f"beta must be finite, got {beta!r}")
         self.grad_norm = grad_norm
         self.backend = backend
         self._topk = TopK(k, backend=backend)

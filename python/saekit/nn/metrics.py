@@ -7,20 +7,27 @@ import torch
 from saekit.nn._casting import flatten_rows
 
 
+def _pair(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and x_hat [..., d] of one shape (never broadcast) as float32 [N, d] rows."""
+    if isinstance(x, torch.Tensor) and isinstance(x_hat, torch.Tensor) and x.shape != x_hat.shape:
+        raise ValueError(f"x_hat must have the shape of x {list(x.shape)}, got {list(x_hat.shape)}")
+    return flatten_rows(x).float(), flatten_rows(x_hat, "x_hat").float()
+
+
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """Fraction of variance unexplained: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2.
 
     x, x_hat: [..., d]; the mean is over all rows. Returns a float32 scalar (differentiable).
     0 is perfect; 1 is no better than predicting the mean activation.
     """
-    x2, x_hat2 = flatten_rows(x).float(), flatten_rows(x_hat, "x_hat").float()
+    x2, x_hat2 = _pair(x, x_hat)
     total = (x2 - x2.mean(0)).pow(2).sum()
     return (x2 - x_hat2).pow(2).sum() / total.clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def normalized_mse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """sum ||x - x_hat||^2 / sum ||x||^2 (OpenAI's normalised MSE): x, x_hat [..., d] -> scalar."""
-    x2, x_hat2 = flatten_rows(x).float(), flatten_rows(x_hat, "x_hat").float()
+    x2, x_hat2 = _pair(x, x_hat)
     return (x2 - x_hat2).pow(2).sum() / x2.pow(2).sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 

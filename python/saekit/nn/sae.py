@@ -47,8 +47,8 @@ class SAEConfig:
             raise ValueError(f"SAEConfig.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.grad_norm not in GRAD_NORMS:
             raise ValueError(f"SAEConfig.grad_norm must be one of {GRAD_NORMS}, got {self.grad_norm!r}")
-        if not math.isfinite(self.beta):
-            raise ValueError(f"SAEConfig.beta must be finite, got {self.beta!r}")
+        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not math.isfinite(self.beta):
+            raise ValueError(f"SAEConfig.beta must be a finite number, got {self.beta!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -201,10 +201,16 @@ class TopKSAE(SAEShape, nn.Module):
 
     @classmethod
     def load(cls, path, *, device=None, dtype=None, backend: str = "auto") -> "TopKSAE":
-        """Load an SAE saved by ``save`` (the class comes from cfg.json's architecture)."""
+        """Load an SAE saved by ``save``. The class comes from cfg.json's architecture; called on
+        a subclass (``GradientTopKSAE.load``), a checkpoint of another architecture is a
+        ValueError rather than a module of another class."""
         from saekit.io import load_sae
 
-        return load_sae(path, device=device, dtype=dtype, backend=backend)
+        sae = load_sae(path, device=device, dtype=dtype, backend=backend)
+        if not isinstance(sae, cls):
+            raise ValueError(f"{path}: holds a {sae.cfg.architecture!r} SAE ({type(sae).__name__}), not a "
+                             f"{cls.architecture!r} one; load it with TopKSAE.load or saekit.io.load_sae")
+        return sae
 
 
 class TakesGradient:

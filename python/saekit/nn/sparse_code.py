@@ -23,6 +23,10 @@ class SparseCode(NamedTuple):
         Materialises ``n_latents`` entries per row: meant for inspection and small shapes.
         Differentiable with respect to ``values``.
         """
+        if self.indices.numel():
+            lo, hi = int(self.indices.min()), int(self.indices.max())
+            if lo < 0 or hi >= n_latents:
+                raise ValueError(f"the code's indices lie in [{lo}, {hi}]: n_latents = {n_latents} is too small")
         out = self.values.new_zeros(*self.values.shape[:-1], n_latents)
         return out.scatter_add(-1, self.indices, self.values)
 

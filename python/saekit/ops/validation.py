@@ -25,7 +25,8 @@ def check_float(t, name: str) -> None:
     _check_tensor(t, name)
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(
-            f"{name} must be a floating tensor (float32, bfloat16 or float16), got {t.dtype}"
+            f"{name} must be a floating tensor (float32, bfloat16, float16, or float64 on the reference "
+            f"and cpu backends), got {t.dtype}"
         )
 
 
