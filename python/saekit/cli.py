@@ -172,8 +172,8 @@ def _load_config(path: str, parser: argparse.ArgumentParser, sub: argparse.Argum
 
 # Integer options and their least value; 0 or a negative count is an error, never "the default".
 POSITIVE_INTS = ("steps", "batch_size", "seq_len", "n_latents", "k", "grad_accum", "eval_batches", "threads",
-                 "log_every", "checkpoint_every", "latent_parallel")
-NON_NEGATIVE_INTS = ("k_aux", "warmup_steps", "dead_tokens", "seed")
+                 "log_every", "latent_parallel")
+NON_NEGATIVE_INTS = ("k_aux", "warmup_steps", "dead_tokens", "seed", "checkpoint_every")
 
 
 def _check_counts(args: argparse.Namespace) -> None:

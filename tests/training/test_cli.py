@@ -36,6 +36,7 @@ def test_bad_config_and_flags(tmp_path, capsys):
     (["train", "--threads", "0"], "--threads must be an integer of at least 1"),
     (["train", "--k-aux", "-1"], "--k-aux must be an integer of at least 0, got -1"),
     (["eval", "--sae", "x", "--eval-batches", "0"], "--eval-batches must be an integer of at least 1"),
+    (["train", "--checkpoint-every", "-1"], "--checkpoint-every must be an integer of at least 0, got -1"),
 ])
 def test_zero_or_negative_counts_are_errors_not_defaults(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -49,6 +50,20 @@ def test_counts_from_a_config_file_are_checked_too(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["train", "--config", str(cfg)])
     assert "--steps must be an integer of at least 1, got '10'" in capsys.readouterr().err
+
+
+def test_checkpoint_every_zero_is_allowed():
+    assert parse_args(["train", "--checkpoint-every", "0"]).checkpoint_every == 0  # --help: "0: only those"
+
+
+def test_seq_len_beyond_the_models_positions_is_named(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    make_tiny_lm(tmp_path / "lm")  # 64 positions
+    write_text(tmp_path / "corpus.txt")
+    common = ["--model", str(tmp_path / "lm"), "--hook", "transformer.h.0", "--data", str(tmp_path / "corpus.txt"),
+              "--seq-len", "65"]
+    assert main(["train", *common, "--steps", "1", "--out", str(tmp_path / "run")]) == 2
+    assert "--seq-len 65 exceeds the model's 64 positions" in capsys.readouterr().err
 
 
 def test_train_on_a_language_model_then_resume_and_eval(tmp_path, capsys):
@@ -97,6 +112,6 @@ def test_eval_rejects_an_sae_of_another_width(tmp_path, capsys):
     make_tiny_lm(tmp_path / "lm")
     TopKSAE(16, 32, 4).save(tmp_path / "sae")
     args = ["eval", "--sae", str(tmp_path / "sae"), "--model", str(tmp_path / "lm"), "--hook", "transformer.h.0",
-            "--data", str(write_text(tmp_path / "d.txt"))]
+            "--data", str(write_text(tmp_path / "d.txt")), "--seq-len", "32"]
     assert main(args) == 2
     assert "d_in = 16" in capsys.readouterr().err

@@ -62,27 +62,43 @@ def test_bad_inputs(tmp_path):
         stream(f, seq_len=4, batch_size=1).next_batch()
     with pytest.raises(ValueError, match="another stream"):
         stream(f, seq_len=4, batch_size=1).load_state_dict({"kind": "text", "seq_len": 8, "batch_size": 1})
+    for content, message in [('{"text": null}\n', "field 'text' is NoneType, not text"),
+                             ('{"text": 3}\n', "field 'text' is int, not text"),
+                             ('[{"text": "a"}]\n', "a JSON array, not one object per line")]:
+        f.write_text(content)
+        with pytest.raises(ValueError, match=message):
+            stream(f, seq_len=4, batch_size=1).next_batch()
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin.txt: not UTF-8 text"):
+        stream(latin, seq_len=4, batch_size=1).next_batch()
 
 
 def test_datasets_source_gives_the_same_stream_as_the_files(tmp_path, monkeypatch):
     """``hf:NAME`` goes through ``datasets.load_dataset``, here on a local directory (no network),
-    and yields the same documents, batches and resume positions as reading the files directly."""
+    and yields the same documents and batches as reading the files directly. Blank rows in the
+    middle: a dataset's positions count them (files' do not), and resuming from any batch
+    continues exactly as the uninterrupted stream."""
     pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "corpus"
     data.mkdir()
-    docs = [f"document {i} " + "x" * (i % 4) for i in range(9)] + ["   "]
-    (data / "part.jsonl").write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    docs = [f"document {i} " + "x" * (i % 4) for i in range(9)]
+    rows = docs[:2] + ["", "   "] + docs[2:5] + [""] + docs[5:]
+    (data / "part.jsonl").write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(rows)))
     hf = TextDocuments(f"hf:{data}:train")
-    assert list(hf.iterate(3)) == list(TextDocuments(str(data)).iterate(3)) == docs[3:9]
+    assert [t for _, t in hf.iterate(0)] == [t for _, t in TextDocuments(str(data)).iterate(0)] == docs
+    assert [t for _, t in hf.iterate(4)] == docs[2:]  # row 4 is docs[2]
     s = TokenStream(hf, CharTokenizer(), seq_len=6, batch_size=2)
     f = stream(data, seq_len=6, batch_size=2)
-    for _ in range(3):
-        assert torch.equal(s.next_batch(), f.next_batch())
-    state = s.state_dict()
-    assert {k: v for k, v in state.items() if k != "spec"} == {k: v for k, v in f.state_dict().items() if k != "spec"}
-    resumed = TokenStream(TextDocuments(f"hf:{data}:train"), CharTokenizer(), seq_len=6, batch_size=2)
-    resumed.load_state_dict(state)
-    assert torch.equal(resumed.next_batch(), s.next_batch())
+    states, batches = [], []
+    for _ in range(12):  # about two epochs
+        states.append(s.state_dict())
+        batches.append(s.next_batch())
+        assert torch.equal(batches[-1], f.next_batch())
+    for state, batch in zip(states, batches):
+        resumed = TokenStream(TextDocuments(f"hf:{data}:train"), CharTokenizer(), seq_len=6, batch_size=2)
+        resumed.load_state_dict(state)
+        assert torch.equal(resumed.next_batch(), batch)
     with pytest.raises(ValueError, match="no column 'body'"):
         TextDocuments(f"hf:{data}", text_field="body")

@@ -85,12 +85,13 @@ def _eval_lm(model_name: str, saes: dict, extras: dict, args, device):
     from saekit.eval.splice import evaluate_spliced
     from saekit.training.activations import HookedActivationSource
     from saekit.training.data import TextDocuments, TokenStream
-    from saekit.training.hf import load_causal_lm
+    from saekit.training.hf import check_seq_len, load_causal_lm
 
     hook = _default(args.hook, extras, "hook", "--hook")
     data = _default(args.data, extras, "data", "--data")
     model, tokenizer = load_causal_lm(model_name, device=device, dtype=args.model_dtype)
     seq_len = args.seq_len or next((e["seq_len"] for e in extras.values() if "seq_len" in e), 128)
+    check_seq_len(model, seq_len)
     stream = TokenStream(TextDocuments(data, text_field=args.text_field or "text"), tokenizer, seq_len=seq_len,
                          batch_size=args.batch_size or 8)
     source = HookedActivationSource(model, hook, stream, device=device)

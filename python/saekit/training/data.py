@@ -20,22 +20,34 @@ TEXT_SUFFIXES = (".txt", ".jsonl", ".json")
 
 def _file_documents(files: list[Path], text_field: str) -> Iterator[str]:
     for file in files:
-        with open(file, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if file.suffix == ".txt":
-                    text = line.rstrip("\n")
-                else:
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{file}:{line_no}: not a JSON line ({e})") from None
-                    if not isinstance(record, dict) or text_field not in record:
-                        raise ValueError(f"{file}:{line_no}: no {text_field!r} field (use --text-field)")
-                    text = record[text_field]
-                if text.strip():
-                    yield text
+        try:
+            yield from _documents_of(file, text_field)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _documents_of(file: Path, text_field: str) -> Iterator[str]:
+    with open(file, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if file.suffix == ".txt":
+                text = line.rstrip("\n")
+            else:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{file}:{line_no}: not a JSON line ({e}); .json and .jsonl files "
+                                     "hold one JSON object per line") from None
+                if not isinstance(record, dict) or text_field not in record:
+                    what = "a JSON array, not one object per line" if isinstance(record, list) else \
+                        f"no {text_field!r} field (use --text-field)"
+                    raise ValueError(f"{file}:{line_no}: {what}")
+                text = record[text_field]
+                if not isinstance(text, str):
+                    raise ValueError(f"{file}:{line_no}: field {text_field!r} is {type(text).__name__}, not text")
+            if text.strip():
+                yield text
 
 
 class TextDocuments:
@@ -70,17 +82,19 @@ class TextDocuments:
         else:
             raise ValueError(f"--data {path}: no such file or directory")
 
-    def iterate(self, start: int = 0) -> Iterator[str]:
-        """Documents from index ``start`` on."""
+    def iterate(self, start: int = 0) -> Iterator[tuple[int, str]]:
+        """(position, text) of the documents from position ``start`` on; ``iterate(position)``
+        starts at that document again. Positions count the non-empty documents of files, and
+        the rows (empty ones included) of a dataset, so a dataset resumes without a scan."""
         if self._dataset is not None:
             for i in range(start, len(self._dataset)):
                 text = self._dataset[i][self.text_field]
-                if text and text.strip():
-                    yield text
+                if isinstance(text, str) and text.strip():
+                    yield i, text
             return
         for i, text in enumerate(_file_documents(self.files, self.text_field)):
             if i >= start:
-                yield text
+                yield i, text
 
 
 class TokenStream:
@@ -105,7 +119,8 @@ class TokenStream:
 
     def _reset_iterator(self) -> None:
         self._docs = self.documents.iterate(self.doc)
-        self._tokens = None  # token ids of document self.doc, tokenized lazily
+        self._tokens = None  # token ids of the document at position self.doc, tokenized lazily
+        self._started = False  # whether any document was read since the last reset
 
     def _encode(self, text: str) -> list[int]:
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -115,13 +130,14 @@ class TokenStream:
         out = []
         while len(out) < n:
             if self._tokens is None:
-                text = next(self._docs, None)
+                position, text = next(self._docs, (None, None))
                 if text is None:
-                    if self.doc == 0:
+                    if self.doc == 0 and not self._started:
                         raise ValueError(f"--data {self.documents.spec}: the dataset has no text (empty)")
                     self.epoch, self.doc, self.offset = self.epoch + 1, 0, 0
                     self._reset_iterator()
                     continue
+                self.doc, self._started = position, True
                 self._tokens = self._encode(text)
             chunk = self._tokens[self.offset:self.offset + n - len(out)]
             out.extend(chunk)

@@ -44,3 +44,16 @@ def load_causal_lm(name: str, *, device=None, dtype: str | None = None):
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load the tokenizer of {name!r}: {e}") from None
     return model.to(device).eval().requires_grad_(False), tokenizer
+
+
+POSITION_LIMITS = ("max_position_embeddings", "n_positions", "n_ctx")
+
+
+def check_seq_len(model, seq_len: int) -> None:
+    """ValueError naming --seq-len when sequences of seq_len tokens exceed the positions the
+    model's config declares (an embedding lookup out of range otherwise)."""
+    config = getattr(model, "config", None)
+    for name in POSITION_LIMITS:
+        limit = getattr(config, name, None)
+        if isinstance(limit, int) and seq_len > limit:
+            raise ValueError(f"--seq-len {seq_len} exceeds the model's {limit} positions (config.{name})")

@@ -18,7 +18,7 @@ import torch
 from saekit.nn import GradientTopKSAE, TopKSAE
 from saekit.training.activations import HookedActivationSource, find_module
 from saekit.training.data import TextDocuments, TokenStream
-from saekit.training.hf import default_device, load_causal_lm
+from saekit.training.hf import check_seq_len, default_device, load_causal_lm
 from saekit.training.parallel import save_final_saes, shard_saes
 from saekit.training.trainer import TrainConfig, Trainer
 
@@ -82,6 +82,7 @@ def train_lm(args, ctx=None) -> int:
     find_module(model, args.hook)
     docs = TextDocuments(args.data, text_field=args.text_field or "text")
     stream = TokenStream(docs, tokenizer, seq_len=args.seq_len or 128, batch_size=args.batch_size or 8)
+    check_seq_len(model, stream.seq_len)
     source = HookedActivationSource(model, args.hook, stream, need_grad="gradient_topk" in archs, device=device)
     d = source.d_in
     n_latents = args.n_latents or 16 * d
