@@ -124,3 +124,44 @@ def test_bf16_autocast_trains_float32_master_weights(toy_model, tmp_path):
     result = trainer.train()
     assert result.metrics["topk/fvu"] < first["topk/fvu"]
     assert all(p.dtype == torch.float32 for r in trainer.runs.values() for p in r.sae.parameters())
+
+
+class HalfBatches(ToySource):
+    """Batch j is one half of batch j // 2 of the source with twice the batch size."""
+
+    def next_batch(self):
+        full = ToySource(self.model, 2 * self.batch_size, seed=self.seed)
+        full.position = self.position // 2
+        x, grad = full.next_batch()
+        half = slice(0, self.batch_size) if self.position % 2 == 0 else slice(self.batch_size, None)
+        self.position += 1
+        return x[half], grad[half]
+
+
+def _gradients_per_step(trainer, steps):
+    """Every SAE's parameter gradients as the optimizer receives them, for each step."""
+    seen = []
+    for name, run in trainer.runs.items():
+        run.optimizer.register_step_pre_hook(
+            lambda opt, args, kw, name=name: seen.append((name, [p.grad.clone() for p in trainer.runs[name].sae.parameters()])))
+    metrics = [trainer.train_step() for _ in range(steps)]
+    return seen, metrics
+
+
+@pytest.mark.parametrize("init_b_dec", ["mean", "zero"])
+def test_accumulated_micro_batches_equal_one_batch(toy_model, tmp_path, init_b_dec):
+    """grad_accum = 2 on halves of the batches gives the gradients (and logged FVU) of
+    grad_accum = 1 on the whole batches: the FVU divides by the whole step's variance and b_dec
+    starts at the whole first step's mean. (AuxK is off here: no latent is dead yet.)"""
+    one = make_trainer(toy_model, tmp_path / "one", steps=3, init_b_dec=init_b_dec,
+                       source=ToySource(toy_model, 64, seed=3))
+    two = make_trainer(toy_model, tmp_path / "two", steps=3, init_b_dec=init_b_dec, grad_accum=2,
+                       source=HalfBatches(toy_model, 32, seed=3))
+    (g1, m1), (g2, m2) = _gradients_per_step(one, 3), _gradients_per_step(two, 3)
+    assert len(g1) == len(g2) == 6
+    for (name, a), (_, b) in zip(g1, g2):
+        for p, q in zip(a, b):
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+    for a, b in zip(m1, m2):
+        for key in ("topk/fvu", "gradient_topk/fvu", "topk/loss", "topk/l0"):
+            torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-7)

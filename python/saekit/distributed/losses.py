@@ -46,6 +46,15 @@ def data_parallel_fvu(x: torch.Tensor, x_hat: torch.Tensor, group) -> torch.Tens
     return err * (world / total).float()
 
 
+def fvu_share(x: torch.Tensor, x_hat: torch.Tensor, total: torch.Tensor, group) -> torch.Tensor:
+    """This micro-batch's share of the FVU of a step accumulated over several micro-batches (on
+    every rank of ``group``): D * sum ||x - x_hat||^2 / total, with ``total`` the step's total
+    variance (global_total_variance of all its rows) and D the group's size. Summed over the
+    micro-batches and averaged over the group, values and gradients are the step's FVU's."""
+    err = (flatten_rows(x).float() - flatten_rows(x_hat, "x_hat").float()).pow(2).sum()
+    return err * (group_size(group) / total.clamp_min(torch.finfo(torch.float32).tiny)).float()
+
+
 def data_parallel_auxk(residual: torch.Tensor, aux_reconstruction: torch.Tensor, group) -> torch.Tensor:
     """This rank's share of the global batch's AuxK loss (before its coefficient): the
     data_parallel_fvu of predicting the residual [..., d] (treated as a constant) by the decode of

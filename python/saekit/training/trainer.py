@@ -4,6 +4,10 @@ by side on the same tokens), with everything needed to stop and resume exactly.
 Per optimizer step, for each SAE: ``grad_accum`` micro-batches of FVU + auxk_coef * AuxK loss
 (Gao et al. 2024) under autocast, then decoder-gradient projection, Adam (fused where the
 device supports it), decoder renormalisation; the learning rate follows saekit.training.schedule.
+A step's micro-batches are read first, so that its FVU divides by the total variance of all its
+rows and b_dec starts at their mean: A micro-batches of B rows make the step of one batch of
+A * B rows. AuxK divides by each micro-batch's residual variance (the residual depends on the
+SAE, so the step's would need every micro-batch's forward first), averaged over the step.
 
 Under torch.distributed (``ctx``, a saekit.distributed.DistributedContext) the same steps run
 on a data x latent layout of ranks: latent-sharded SAEs, each data rank on its own batches
@@ -224,25 +228,41 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     def _mean_activation(self, x: torch.Tensor) -> torch.Tensor:
-        """[d] mean of this step's first batch (of every data rank's first batch)."""
+        """[d] mean of the rows x [N, d] (of every data rank's rows): b_dec's initial value."""
         if self.ctx is None:
             return x.float().mean(0)
         from saekit.distributed.metrics import mean_over_group
 
         return mean_over_group(x.float().mean(0), self.ctx.data_group)
 
-    def _losses(self, sae, x, out, with_aux: bool):
-        """(FVU, AuxK) of this batch; under torch.distributed this rank's shares of the global
-        batch's (their means over the data group are the global values)."""
-        if self.ctx is None:
-            recon = fvu(x, out.x_hat)
-            return recon, sae.auxk_loss(x, out) if with_aux else recon.new_zeros(())
-        from saekit.distributed.losses import data_parallel_auxk, data_parallel_fvu
+    def _step_variance(self, xs: list) -> torch.Tensor | None:
+        """The total variance of the step's rows (every micro-batch, every data rank), for a step
+        of several micro-batches; None for one (the FVU then computes it itself)."""
+        if len(xs) == 1:
+            return None
+        from saekit.distributed.losses import global_total_variance
 
-        group = self.ctx.data_group
-        recon = data_parallel_fvu(x, out.x_hat, group)
+        group = None if self.ctx is None else self.ctx.data_group
+        return global_total_variance(torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]), group)
+
+    def _losses(self, sae, x, out, with_aux: bool, total):
+        """(FVU, AuxK) of this micro-batch: the FVU as its share of the step's (``total``: the
+        step's total variance, or None for a one-micro-batch step), AuxK its own; under
+        torch.distributed this rank's shares (their means over the data group are the global
+        values)."""
+        from saekit.distributed.losses import data_parallel_auxk, data_parallel_fvu, fvu_share
+
+        group = None if self.ctx is None else self.ctx.data_group
+        if total is not None:
+            recon = fvu_share(x, out.x_hat, total, group)
+        elif self.ctx is None:
+            recon = fvu(x, out.x_hat)
+        else:
+            recon = data_parallel_fvu(x, out.x_hat, group)
         if not with_aux:
             return recon, recon.new_zeros(())
+        if self.ctx is None:
+            return recon, sae.auxk_loss(x, out)
         return recon, data_parallel_auxk(x - out.x_hat, sae.decode_without_bias(out.aux), group)
 
     def _count_firing(self, tracker, code) -> None:
@@ -260,16 +280,19 @@ class Trainer:
         cfg = self.cfg
         sums = {}
         dead = {name: run.tracker.dead for name, run in self.runs.items()}
-        for micro in range(cfg.grad_accum):
+        batches = []
+        for _ in range(cfg.grad_accum):
             x, grad = self.source.next_batch()
-            x = x.to(self.device)
-            grad = grad.to(self.device) if grad is not None else None
+            batches.append((x.to(self.device), grad.to(self.device) if grad is not None else None))
             self.tokens += x.shape[0] * self.data_world
-            if self.step == 0 and micro == 0 and cfg.init_b_dec == "mean":
-                with torch.no_grad():
-                    mean = self._mean_activation(x)
-                    for run in self.runs.values():
-                        run.sae.b_dec.copy_(mean)
+        xs = [x for x, _ in batches]
+        if self.step == 0 and cfg.init_b_dec == "mean":
+            with torch.no_grad():
+                mean = self._mean_activation(torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]))
+                for run in self.runs.values():
+                    run.sae.b_dec.copy_(mean)
+        total = self._step_variance(xs)
+        for x, grad in batches:
             for name, run in self.runs.items():
                 sae = run.sae
                 mask = dead[name] if bool(dead[name].any()) else None
@@ -278,12 +301,15 @@ class Trainer:
                         out = sae(x, grad, dead=mask)
                     else:
                         out = sae(x, dead=mask)
-                    recon, aux = self._losses(sae, x, out, mask is not None)
+                    # recon: this micro-batch's share of the step's FVU; aux averages over them.
+                    recon, aux = self._losses(sae, x, out, mask is not None, total)
+                    aux = aux / cfg.grad_accum
                     loss = recon + cfg.auxk_coef * aux
-                (loss / cfg.grad_accum).backward()
+                loss.backward()
                 self._count_firing(run.tracker, out.code)
-                for key, value in (("loss", loss), ("fvu", recon), ("auxk", aux), ("l0", out.code.l0.mean())):
-                    sums[f"{name}/{key}"] = sums.get(f"{name}/{key}", 0.0) + value.detach().float() / cfg.grad_accum
+                for key, value in (("loss", loss), ("fvu", recon), ("auxk", aux),
+                                   ("l0", out.code.l0.mean() / cfg.grad_accum)):
+                    sums[f"{name}/{key}"] = sums.get(f"{name}/{key}", 0.0) + value.detach().float()
         for name, run in self.runs.items():
             lr = lr_at(self.step, lr=run.lr, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
                        decay=cfg.decay, decay_start=cfg.decay_start, min_lr_frac=cfg.min_lr_frac)
