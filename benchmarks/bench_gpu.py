@@ -154,7 +154,10 @@ def run(device="cuda", n=N, shapes=SHAPES, backends=None, stem=None):
              "| same, one latent in every token | SAE step ms | reference step / step | goals missed |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     rows = []
-    for d, M, k in shapes:
+    if stem is None:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        stem = "gpu_" + name.replace(" ", "_")
+    for i, (d, M, k) in enumerate(shapes):
         for row in shape_rows(d, M, k, n, device, backends, bw):
             rows.append(row)
             step_ms = "out of memory" if row["step_ms"] is None else f"{row['step_ms']:.1f}"
@@ -163,11 +166,10 @@ def run(device="cuda", n=N, shapes=SHAPES, backends=None, stem=None):
                              p=row["decode_bandwidth_fraction"], q=row["skewed_decode_bandwidth_fraction"],
                              s=step_ms, r=_ratio(row["reference_over_step"]), g=goal_misses(row), **row))
             print(lines[-1], flush=True)
-    md = "\n".join(lines) + "\n"
-    if stem is None:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        stem = "gpu_" + name.replace(" ", "_")
-    common.write_results(stem, {"provenance": common.provenance(str(device)), "rows": rows}, md)
+        # Rewritten after every shape, so that a run stopped early keeps the shapes it measured.
+        md = "\n".join(lines) + "\n"
+        common.write_results(stem, {"provenance": common.provenance(str(device)), "rows": rows,
+                                    "shapes_measured": f"{i + 1} of {len(shapes)}"}, md)
     return rows, md
 
 

@@ -30,6 +30,24 @@ def test_report_rows_and_table(bench_gpu, tmp_path, monkeypatch):
     assert len(table) == 2 and all(line.count("|") == 13 for line in table)
     saved = json.loads((tmp_path / "smoke.json").read_text())
     assert saved["rows"] == rows and (tmp_path / "smoke.md").read_text() == md
+    assert saved["shapes_measured"] == "2 of 2"
+
+
+def test_report_is_written_after_every_shape(bench_gpu, tmp_path, monkeypatch):
+    """A run cut short by its stage's time limit keeps the shapes it finished."""
+    monkeypatch.setenv("SAEKIT_RESULTS_DIR", str(tmp_path))
+    shape_rows = bench_gpu.shape_rows
+
+    def second_shape_dies(d, M, k, *args):
+        if M == 64:
+            raise KeyboardInterrupt  # what the stage's timeout does, as far as this run can tell
+        return shape_rows(d, M, k, *args)
+
+    monkeypatch.setattr(bench_gpu, "shape_rows", second_shape_dies)
+    with pytest.raises(KeyboardInterrupt):
+        bench_gpu.run(device="cpu", n=32, shapes=((16, 256, 4), (8, 64, 64)), backends=["cpu"], stem="cut")
+    saved = json.loads((tmp_path / "cut.json").read_text())
+    assert saved["shapes_measured"] == "1 of 2" and [r["M"] for r in saved["rows"]] == [256]
 
 
 def test_out_of_memory_is_reported_not_raised(bench_gpu, monkeypatch):

@@ -14,7 +14,8 @@ PEERS = {"sparsify": "sparsify", "sae-lens": "sae_lens"}
 
 def test_quick_report_structure_and_agreement(tmp_path):
     env = dict(os.environ, SAEKIT_RESULTS_DIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "saekit", "bench", "--quick", "--repeats", "1", "--sets", "2"],
+    proc = subprocess.run([sys.executable, "-m", "saekit", "bench", "--quick", "--device", "cpu", "--repeats", "1",
+                           "--sets", "2"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "bench_quick_cpu.json").read_text())

@@ -101,12 +101,14 @@ def _saekit_version() -> str:
 
 
 def provenance(device: str = "cpu") -> dict:
-    """Device, versions, commit and date for a result file."""
+    """Device, versions, commit and date for a result file. The commit comes from git, or from
+    $SAEKIT_COMMIT where the tree has no git (a copy on a lent GPU machine)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, cwd=Path(__file__).parent, check=False).stdout.strip()
     except OSError:
         commit = ""
+    commit = commit or os.environ.get("SAEKIT_COMMIT", "")
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": commit or "unknown",
