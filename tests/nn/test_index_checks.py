@@ -53,3 +53,25 @@ def test_decoding_a_foreign_code_refuses_bad_indices(sae_class, bad):
     decoder = SparseDecoder(24, 8, backend="cpu")
     with pytest.raises(ValueError, match="indices must lie in"):
         decoder((code.values, indices))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sae_class", [TopKSAE, GradientTopKSAE])
+def test_triton_training_step_never_syncs(sae_class):
+    """What the README says of a Triton training step: no host sync at all, once its kernels are
+    compiled (CUDA's sync debug mode raises on any)."""
+    torch.manual_seed(0)
+    sae = sae_class(64, 1024, 8, backend="triton", device="cuda")
+    x, grad = torch.randn(256, 64, device="cuda"), torch.randn(256, 64, device="cuda")
+
+    def step():
+        out = sae(x, grad) if sae_class is GradientTopKSAE else sae(x)
+        fvu(x, out.x_hat).backward()
+
+    step()  # compiles and autotunes
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
