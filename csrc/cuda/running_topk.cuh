@@ -70,7 +70,8 @@ struct Running {
   };
   Buffers buffers(int64_t N, int64_t cols, const at::TensorOptions& opts, bool filtered) const {
     Buffers c;
-    const int64_t width = filtered ? cap() : cols;
+    // A filtered chunk narrower than the cap cannot overflow it: cols slots are enough.
+    const int64_t width = filtered ? std::min(cap(), cols) : cols;
     c.keys = filtered ? at::full({N, width}, kEmptyKey, opts.dtype(at::kLong))
                       : at::empty({N, width}, opts.dtype(at::kLong));
     c.pre = at::empty({N, width}, opts.dtype(at::kFloat));

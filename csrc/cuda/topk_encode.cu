@@ -169,10 +169,12 @@ class Encoder {
     // g for the h product; for float16, each row divided by a power of two (kept in g_scale_).
     if (kGrad && x.scalar_type() == at::kHalf) {
       auto gf = g.to(at::kFloat);
-      const auto amax = d > 0 ? gf.abs().amax(1, true) : at::zeros({N_, 1}, gf.options());
-      // 2^exponent, finite (at most 2^127) and 1 for rows holding inf or NaN.
-      auto exponent = std::get<1>(at::frexp(amax)).clamp_max(127);
-      exponent = at::where(at::isfinite(amax), exponent, at::zeros_like(exponent));
+      // The row's largest finite magnitude (inf and NaN entries stay inf and NaN whatever the
+      // scale, while finite ones beside them must still fit float16); 0 for none.
+      const auto finite = at::where(at::isfinite(gf), gf.abs(), at::zeros_like(gf));
+      const auto amax = d > 0 ? finite.amax(1, true) : at::zeros({N_, 1}, gf.options());
+      // 2^exponent, at most 2^127 (finite), 1 for a row without a finite nonzero entry.
+      const auto exponent = std::get<1>(at::frexp(amax)).clamp_max(127);
       auto scale = at::ldexp(at::ones({N_, 1}, gf.options()), exponent);
       gm_ = (gf / scale).to(at::kHalf).contiguous();
       g_scale_ = scale.reshape({N_}).contiguous();

@@ -112,13 +112,15 @@ def far_gradient_case(power, N=24, d=16, M=200, seed=3, device="cpu", dtype=torc
 
 def limit_gradient_case(device="cpu"):
     """far_gradient_case(0) (float16, N=8) with gradient rows whose largest entry is 2**127
-    (row 0, alone in it), inf (row 1), NaN (row 2) or zero (row 3): the power-of-two row scales
-    of the float16 g operand must stay finite. Returns (x, grad, W_enc, b_enc, W_dec, b_dec)."""
+    (row 0, alone in it), inf (row 1, beside 2**20: beyond float16, so the row scale must come
+    from the finite entries), NaN (row 2) or zero (row 3): the power-of-two row scales of the
+    float16 g operand must stay finite. Returns (x, grad, W_enc, b_enc, W_dec, b_dec)."""
     args, _ = far_gradient_case(0, N=8, device=device)
     grad = args[1].clone()
     grad[0] = 0.0
     grad[0, 3] = 2.0**127
     grad[1, 5] = float("inf")
+    grad[1, 2] = 2.0**20
     grad[2, 7] = float("nan")
     grad[3] = 0.0
     return (args[0], grad, *args[2:])

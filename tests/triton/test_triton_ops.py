@@ -197,6 +197,30 @@ def test_score_keys_order_signed_zeros_nans_and_infinities(device):
     assert keys.sort(descending=True).indices.tolist() == reference.select(score[None], 16)[0].tolist()
 
 
+@pytest.mark.parametrize("op", ["topk", "gradient_topk"])
+def test_float32_inputs_near_b_dec_keep_their_precision(device, op):
+    """x = b_dec + small noise with |b_dec| ~ 100, as training makes it: float32 inputs form
+    x - b_dec first, as the reference does (the folded b_enc - W_enc @ b_dec cancels ~1e-4 away
+    and reorders latents), so selections match the float64 oracle's."""
+    g = torch.Generator().manual_seed(0)
+    N, d, M, k = 64, 64, 512, 16
+    b_dec = torch.randn(d, generator=g) * 100
+    x = b_dec + torch.randn(N, d, generator=g) * 0.1
+    W, b_enc = torch.randn(M, d, generator=g) / d**0.5, torch.randn(M, generator=g) * 0.01
+    grad, W_dec = torch.randn(N, d, generator=g), torch.randn(M, d, generator=g)
+
+    def run(*t, backend):
+        t = [u.to(device) for u in t]
+        if op == "topk":
+            return topk_encode(*t[:4], k, backend=backend)
+        return gradient_topk_encode(t[0], t[4], t[1], t[2], t[5], t[3], k, beta=0.1, backend=backend)
+
+    out = run(x, W, b_enc, b_dec, grad, W_dec, backend="triton")
+    oracle = run(*(t.double() for t in (x, W, b_enc, b_dec, grad, W_dec)), backend="reference")
+    assert torch.equal(out.indices.cpu(), oracle.indices.cpu())
+    torch.testing.assert_close(out.values.double().cpu(), oracle.values.cpu(), rtol=1e-6, atol=1e-6)
+
+
 def test_rows_with_fewer_than_k_positive(device):
     N, d, M, k = 10, 8, 30, 8
     x, W, be, bd = leaves(*encoder_inputs(N, d, M, torch.float32, device=device))
@@ -431,15 +455,17 @@ def test_float16_gradients_outside_float16_range(device, power):
 
 
 def test_float16_gradient_rows_at_float32_limits(device):
-    """Rows whose largest gradient entry is 2**127, inf, NaN or zero, and a zero-width g: the
-    power-of-two row scales stay finite (1 for non-finite rows) and the selections match."""
+    """Rows whose largest gradient entry is 2**127, inf (beside 2**20), NaN or zero, and a
+    zero-width g: the power-of-two row scales stay finite, come from the finite entries (2**21
+    brings 2**20 into [0.5, 1)) and the selections match."""
     from tests.ops.cases import limit_gradient_case
     from saekit.triton.topk_encode import g_operand
 
     args = limit_gradient_case(device)
     grad = args[1]
     _, scale = g_operand(grad, torch.float16)
-    assert scale[:4].tolist() == [2.0**127, 1.0, 1.0, 1.0]
+    row2 = grad[2][grad[2].isfinite()].abs().max()
+    assert scale[:4].tolist() == [2.0**127, 2.0**21, 2.0 ** torch.frexp(row2)[1].item(), 1.0]
     _, scale = g_operand(grad[:, :0], torch.float16)
     assert scale.tolist() == [1.0] * 8
     out = gradient_topk_encode(*args, 5, beta=2.0**-126, backend="triton")

@@ -10,6 +10,9 @@ fake implementation and autograd, so ``torch.compile`` traces through them.
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 import triton
 
 from saekit.ops.dispatch import TRITON_MAX_K
@@ -29,3 +32,9 @@ OPS = (
     "sparse_decode",
     "sparse_decode_backward",
 )
+
+
+def on_device_of(t: torch.Tensor):
+    """Context that makes t's CUDA device the current one (a no-op for CPU tensors): Triton
+    launches on the current device and its current stream, whatever device the tensors are on."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -111,7 +111,7 @@ def _product_tile(a_ptr, stride_a, rows, row_ok, W_ptr, stride_w, cols, col_ok, 
     return acc
 
 
-@triton.autotune(configs=_configs(), key=["M", "d", "K_PAD", "KA_PAD", "GSAE"],
+@triton.autotune(configs=_configs(), key=["M", "d", "K_PAD", "KA_PAD", "GSAE", "PRECISION"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.heuristics({"TILE": _tile})
 @triton.jit

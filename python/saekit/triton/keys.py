@@ -25,6 +25,8 @@ _INTERPRETED = tl.constexpr(INTERPRETED)
 
 # Low word = LOW_BASE - latent, so latents must be below 2^31 (checked by the launchers).
 LOW_BASE = 2**31 - 1
+# The most latents the fused encoder takes: its int32 latent loop (m0 + TILE) stays below 2^31.
+MAX_LATENTS = LOW_BASE - 4096
 SENTINEL = -(2**63)
 
 

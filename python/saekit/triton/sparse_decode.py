@@ -8,6 +8,7 @@ from torch import Tensor
 
 from saekit.ops.autograd import sparse_decode_autograd
 from saekit.ops.validation import check_indices_range
+from saekit.triton import on_device_of
 from saekit.triton.sparse_kernels import gather_dot, gather_sum, scatter_rows
 
 
@@ -16,7 +17,8 @@ def _sparse_decode_op(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Ten
     if check_indices:
         check_indices_range(indices, W_dec.shape[0])
     values, indices, W_dec, b_dec = (t.contiguous() for t in (values, indices, W_dec, b_dec))
-    return gather_sum(values, indices, W_dec, b_dec)
+    with on_device_of(values):
+        return gather_sum(values, indices, W_dec, b_dec)
 
 
 @_sparse_decode_op.register_fake
@@ -31,8 +33,9 @@ def _sparse_decode_backward_op(
     if check_indices:
         check_indices_range(indices, W_dec.shape[0])
     grad_out, values, indices, W_dec = (t.contiguous() for t in (grad_out, values, indices, W_dec))
-    dvalues = gather_dot(grad_out, indices, W_dec).to(values.dtype)
-    dW_dec = scatter_rows(values, indices, grad_out, W_dec.shape[0]).to(W_dec.dtype)
+    with on_device_of(values):
+        dvalues = gather_dot(grad_out, indices, W_dec).to(values.dtype)
+        dW_dec = scatter_rows(values, indices, grad_out, W_dec.shape[0]).to(W_dec.dtype)
     db_dec = grad_out.float().sum(0).to(W_dec.dtype)
     return dvalues, dW_dec, db_dec
 

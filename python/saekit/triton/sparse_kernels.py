@@ -31,7 +31,7 @@ def _sparse_decode_fwd_kernel(v_ptr, idx_ptr, W_ptr, b_ptr, out_ptr, N, M, d, k,
     acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for j in range(k):
         at = rows.to(tl.int64) * k + j
-        i = tl.load(idx_ptr + at, mask=row_ok, other=0)
+        i = tl.load(idx_ptr + at, mask=row_ok, other=0).to(tl.int64)  # 64-bit row offsets
         ok = row_ok & (i >= 0) & (i < M)
         v = tl.load(v_ptr + at, mask=ok, other=0.0).to(tl.float32)
         w = tl.load(W_ptr + i[:, None] * stride_w + dd[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
@@ -51,7 +51,7 @@ def _sparse_decode_bwd_values_kernel(a_ptr, idx_ptr, W_ptr, b_ptr, out_ptr, N, M
     js = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     at = rows[:, None].to(tl.int64) * k + js[None, :]
     sel_ok = (rows < N)[:, None] & (js < k)[None, :]
-    i = tl.load(idx_ptr + at, mask=sel_ok, other=0)
+    i = tl.load(idx_ptr + at, mask=sel_ok, other=0).to(tl.int64)  # 64-bit row offsets
     ok = sel_ok & (i >= 0) & (i < M)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for d0 in range(0, d, BLOCK_D):
@@ -80,11 +80,12 @@ def _sparse_decode_bwd_weight_kernel(v_ptr, idx_ptr, a_ptr, sub_ptr, out_ptr, N,
         a -= tl.load(sub_ptr + dd, mask=d_ok, other=0.0).to(tl.float32)[None, :]
     for j in range(k):
         at = rows.to(tl.int64) * k + j
-        i = tl.load(idx_ptr + at, mask=row_ok, other=0)
+        i = tl.load(idx_ptr + at, mask=row_ok, other=0).to(tl.int64)  # 64-bit row offsets
         v = tl.load(v_ptr + at, mask=row_ok, other=0.0).to(tl.float32)
         ok = row_ok & (i >= 0) & (i < M) & (v != 0.0)
+        # Independent additions: no ordering needed (relaxed, not the default acq_rel).
         tl.atomic_add(out_ptr + i[:, None] * d + dd[None, :], v[:, None] * a,
-                      mask=ok[:, None] & d_ok[None, :])
+                      mask=ok[:, None] & d_ok[None, :], sem="relaxed")
 
 
 def gather_sum(values, indices, W, bias=None, out_dtype=None):

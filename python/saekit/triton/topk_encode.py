@@ -15,9 +15,9 @@ from torch import Tensor
 
 from saekit.ops.autograd import gradient_topk_encode_autograd, topk_encode_autograd
 from saekit.ops.validation import check_indices_range
-from saekit.triton import MAX_K
+from saekit.triton import MAX_K, on_device_of
 from saekit.triton.encode_kernel import folded_bias, select_keys
-from saekit.triton.keys import LOW_BASE, key_latents, key_scores
+from saekit.triton.keys import MAX_LATENTS, key_latents, key_scores
 from saekit.triton.sparse_kernels import gather_dot, gather_sum, scatter_rows
 
 
@@ -44,10 +44,12 @@ def g_operand(g: Tensor, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
     if dtype != torch.float16:
         return g.to(dtype), None
     g = g.float()
-    amax = g.abs().amax(1, keepdim=True) if g.shape[1] else g.new_zeros(g.shape[0], 1)
-    # 2^exponent, finite (at most 2^127) and 1 for rows holding inf or NaN.
+    # The row's largest finite magnitude (inf and NaN entries stay inf and NaN whatever the scale,
+    # while finite ones beside them must still fit float16); 0 for none.
+    finite = torch.where(torch.isfinite(g), g.abs(), 0.0)
+    amax = finite.amax(1, keepdim=True) if g.shape[1] else g.new_zeros(g.shape[0], 1)
+    # 2^exponent, at most 2^127 (finite), 1 for a row without a finite nonzero entry.
     exponent = torch.frexp(amax)[1].clamp_max(127)
-    exponent = torch.where(torch.isfinite(amax), exponent, torch.zeros_like(exponent))
     scale = torch.ldexp(torch.ones_like(amax), exponent)
     return (g / scale).to(dtype), scale.reshape(-1).contiguous()
 
@@ -56,19 +58,30 @@ def _inputs(*tensors):
     return [t.contiguous() for t in tensors]
 
 
+def encoder_operands(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> tuple[Tensor, Tensor]:
+    """(a [N, d], c [M] float32) with pre = a @ W_enc.T + c: for float32 inputs a = x - b_dec and
+    c = b_enc, as the reference computes (x near b_dec, where training brings it, would cancel in
+    the folded form); for 16-bit inputs a = x and the folded c = b_enc - W_enc @ b_dec, so that
+    the product runs on tensor cores from the inputs as they are."""
+    if x.dtype == torch.float32:
+        return (x - b_dec).contiguous(), b_enc.float().contiguous()
+    return x, folded_bias(W_enc, b_enc, b_dec)
+
+
 @torch.library.custom_op("saekit_triton::topk_encode", mutates_args=())
 def _topk_encode_op(
     x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, dead: Optional[Tensor], k_aux: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x, W_enc, b_enc, b_dec = _inputs(x, W_enc, b_enc, b_dec)
     N, M = x.shape[0], W_enc.shape[0]
-    if M > LOW_BASE:
-        raise ValueError(f"the triton backend packs latent indices in 31 bits; M = {M} is too large")
+    if M > MAX_LATENTS:
+        raise ValueError(f"the triton backend takes at most {MAX_LATENTS} latents (31-bit keys); M = {M}")
     aux = dead is not None and k_aux > 0
     if aux and k_aux > int(dead.sum()):
         raise ValueError(f"k_aux must lie in [0, dead.sum()] = [0, {int(dead.sum())}], got {k_aux}")
-    c = folded_bias(W_enc, b_enc, b_dec)
-    keys, aux_keys = select_keys(x, W_enc, c, k, dead=dead.contiguous() if aux else None, k_aux=k_aux)
+    with on_device_of(x):
+        a, c = encoder_operands(x, W_enc, b_enc, b_dec)
+        keys, aux_keys = select_keys(a, W_enc, c, k, dead=dead.contiguous() if aux else None, k_aux=k_aux)
     top = _merge_splits(keys, k)
     values = torch.relu(key_scores(top)).to(x.dtype)
     if not aux:
@@ -91,13 +104,15 @@ def _gradient_topk_encode_op(
 ) -> tuple[Tensor, Tensor]:
     g, g_scale = g_operand(g, W_dec.dtype)
     x, g, W_enc, b_enc, W_dec, b_dec = _inputs(x, g, W_enc, b_enc, W_dec, b_dec)
-    if W_enc.shape[0] > LOW_BASE:
-        raise ValueError(f"the triton backend packs latent indices in 31 bits; M = {W_enc.shape[0]} is too large")
-    c = folded_bias(W_enc, b_enc, b_dec)
-    keys, _ = select_keys(x, W_enc, c, k, g=g, g_scale=g_scale, W_dec=W_dec, beta=beta)
-    indices = key_latents(_merge_splits(keys, k))
-    # The keys hold scores; the values are the plain activations at the selection.
-    values = torch.relu(gather_dot(x, indices, W_enc, c)).to(x.dtype)
+    if W_enc.shape[0] > MAX_LATENTS:
+        raise ValueError(f"the triton backend takes at most {MAX_LATENTS} latents (31-bit keys); "
+                         f"M = {W_enc.shape[0]}")
+    with on_device_of(x):
+        a, c = encoder_operands(x, W_enc, b_enc, b_dec)
+        keys, _ = select_keys(a, W_enc, c, k, g=g, g_scale=g_scale, W_dec=W_dec, beta=beta)
+        indices = key_latents(_merge_splits(keys, k))
+        # The keys hold scores; the values are the plain activations at the selection.
+        values = torch.relu(gather_dot(a, indices, W_enc, c)).to(x.dtype)
     return values, indices
 
 
@@ -117,8 +132,9 @@ def _topk_encode_backward_op(
     if check_indices:
         check_indices_range(indices, M)
     dpre = torch.where(values > 0, grad_values.float(), 0.0).contiguous()
-    dx = gather_sum(dpre, indices, W_enc, out_dtype=torch.float32)
-    dW_enc = scatter_rows(dpre, indices, x, M, sub=b_dec)
+    with on_device_of(x):
+        dx = gather_sum(dpre, indices, W_enc, out_dtype=torch.float32)
+        dW_enc = scatter_rows(dpre, indices, x, M, sub=b_dec)
     db_enc = torch.zeros(M, dtype=torch.float32, device=x.device).index_add_(0, indices.flatten(), dpre.flatten())
     db_dec = -dx.sum(0)
     return dx.to(x.dtype), dW_enc.to(W_enc.dtype), db_enc.to(W_enc.dtype), db_dec.to(b_dec.dtype)
