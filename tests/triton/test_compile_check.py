@@ -68,3 +68,30 @@ def test_ptxas_report_is_parsed():
     assert str(Resources(64, 0, 0)) == "64 registers, no spills"
     with pytest.raises(ValueError, match="no register or spill line"):
         parse_ptxas_log("ptxas fatal   : something else")
+
+
+ALIGNED = """
+import triton, triton.language as tl
+from saekit.triton.compile_check import Job, compile_job, launch_attrs
+
+@triton.jit
+def copy(x_ptr, y_ptr, d, stride_x, k_aux, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    tl.store(y_ptr + i * stride_x, tl.load(x_ptr + i * stride_x, mask=i < d + k_aux), mask=i < d)
+
+job = Job("copy", copy, {"x_ptr": "*fp32", "y_ptr": "*fp32", "d": "i32", "stride_x": "i32", "k_aux": "i32",
+                         "BLOCK": "constexpr"}, {"BLOCK": 16})
+print(sorted(i for (i,) in launch_attrs(job)))
+print(compile_job(job, 90))
+"""
+
+
+def test_builds_are_specialised_as_launches_at_the_issues_shapes(tmp_path):
+    """Pointers, d and strides carry tt.divisibility = 16 (k_aux and constexprs do not), and a
+    build with those attributes compiles."""
+    script = tmp_path / "aligned.py"  # @triton.jit reads its source from a file
+    script.write_text(ALIGNED)
+    proc = subprocess.run([sys.executable, str(script)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "[0, 1, 2, 3]" and "registers" in lines[1]
