@@ -33,6 +33,7 @@ class Case:
     grad_norm: str = "none"
     beta: float = 0.5
     data: str = "grid"
+    autocast: bool = False  # forward under torch.autocast(bfloat16), float32 parameters
     seed: int = 0
 
     def tensors(self) -> dict:
@@ -69,6 +70,10 @@ CASES = (
     Case("gsae-ties-short", N=10, M=26, k=5, arch="gradient_topk", low=-2, high=2, b_enc_shift=-2.0, seed=6),
     Case("gsae-token-randn", N=10, M=24, k=4, arch="gradient_topk", grad_norm="token", beta=1.0, data="randn",
          seed=7),
+    # Gaussian data under bf16 autocast: near-ties at bf16 resolution, which the cross-rank merge
+    # must order as the single process does (its candidate scores in float32).
+    Case("topk-autocast-randn", N=64, M=24, k=4, data="randn", autocast=True, seed=8),
+    Case("gsae-autocast-randn", N=64, M=24, k=4, arch="gradient_topk", data="randn", autocast=True, seed=9),
 )
 
 
@@ -95,12 +100,14 @@ def run_case(sae, case: Case) -> dict:
     t = case.tensors()
     x = t["x"].clone().requires_grad_(True)
     args = (x, t["grad"]) if case.arch == "gradient_topk" else (x,)
-    out = sae(*args, dead=t["dead"])
-    aux_recon = sae.decode_without_bias(out.aux)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case.autocast):
+        out = sae(*args, dead=t["dead"])
+        aux_recon = sae.decode_without_bias(out.aux)
     loss = ((out.x_hat.float() * t["u_xhat"]).sum() + (out.code.values.float() * t["u_values"]).sum()
             + (aux_recon.float() * t["u_aux"]).sum() + (out.aux.values.float() * t["u_aux_values"]).sum())
     loss.backward()
-    plain = sae(*args)  # no dead mask: the plain path
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case.autocast):
+        plain = sae(*args)  # no dead mask: the plain path
     result = {
         "x_hat": out.x_hat.detach(), "values": out.code.values.detach(), "indices": out.code.indices,
         "aux_values": out.aux.values.detach(), "aux_indices": out.aux.indices, "aux_recon": aux_recon.detach(),

@@ -80,3 +80,25 @@ def test_dead_latents_and_metrics_reduced_over_data_group(mesh2x2):
         torch.testing.assert_close(r["metrics"]["l0"], out.code.l0.mean(), rtol=1e-6, atol=0.0)
         torch.testing.assert_close(r["global_fvu"], full_fvu.float(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(r["x_mean"], t["x"].mean(0), rtol=1e-6, atol=1e-7)
+
+
+def test_a_data_rank_without_rows(mesh2x2):
+    """Data rank 1 has no rows: the gradients (FVU and AuxK) are one process's on data rank 0's
+    rows, and the row-weighted mean counts the ranks' rows, not the ranks."""
+    from saekit.nn.metrics import auxk_loss
+
+    _, ranks = mesh2x2
+    t = TRAIN.tensors()
+    sae = full_sae(TRAIN)
+    out = sae(t["x"], dead=t["dead"])
+    (fvu(t["x"], out.x_hat) + auxk_loss(t["x"] - out.x_hat, sae.decode_without_bias(out.aux)) / 32).backward()
+    for data_rank in range(2):
+        pair = ranks[2 * data_rank:2 * data_rank + 2]
+        for name in ("W_enc", "b_enc", "W_dec"):
+            stitched = torch.cat([r["uneven_grads"][name] for r in pair])
+            torch.testing.assert_close(stitched, getattr(sae, name).grad, rtol=1e-5, atol=1e-6)
+        for r in pair:
+            torch.testing.assert_close(r["uneven_grads"]["b_dec"], sae.b_dec.grad, rtol=1e-5, atol=1e-6)
+    expected = torch.cat([t["x"], t["x"][:4]]).float().mean(0)
+    for r in ranks:
+        torch.testing.assert_close(r["row_mean"], expected)

@@ -91,9 +91,12 @@ def mesh(rank, world, out_dir):
         ShardedTopKSAE,
         all_reduce_gradients,
         dead_latent_tracker,
+        data_parallel_auxk,
+        data_parallel_fvu,
         global_fvu,
         mean_over_group,
         reduce_metrics,
+        row_mean_over_group,
         teardown_distributed,
     )
     from saekit.nn import fvu
@@ -120,10 +123,21 @@ def mesh(rank, world, out_dir):
             metrics = reduce_metrics({"fvu": fvu(x, out.x_hat), "l0": out.code.l0.mean()}, ctx.data_group)
             gfvu = global_fvu(x, out.x_hat, ctx.data_group)
             x_mean = mean_over_group(x.mean(0), ctx.data_group)
+        # Uneven data ranks: data rank 0 holds every row, data rank 1 none (its AuxK loss must
+        # still join the variance all-reduce); and the row-weighted mean of 16 + 4 rows.
+        uneven = ShardedTopKSAE.from_sae(full_sae(TRAIN), group=ctx.latent_group)
+        x = t["x"] if ctx.data_rank == 0 else t["x"][:0]
+        out = uneven(x, dead=t["dead"])
+        loss = data_parallel_fvu(x, out.x_hat, ctx.data_group) + data_parallel_auxk(
+            x - out.x_hat, uneven.decode_without_bias(out.aux), ctx.data_group) / 32
+        loss.backward()
+        all_reduce_gradients(uneven, ctx.data_group)
+        row_mean = row_mean_over_group(t["x"] if ctx.data_rank == 0 else t["x"][:4], ctx.data_group)
         result = {"coords": (ctx.data_rank, ctx.latent_rank), "start": sae.start, "end": sae.end,
                   "train": history, "ddp_grads": {n: p.grad.clone() for n, p in ddp_sae.named_parameters()},
                   "since": tracker.tokens_since_fired.clone(), "metrics": metrics, "global_fvu": gfvu,
-                  "x_mean": x_mean}
+                  "x_mean": x_mean, "uneven_grads": {n: p.grad.clone() for n, p in uneven.named_parameters()},
+                  "row_mean": row_mean}
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         teardown_distributed()

@@ -38,6 +38,7 @@ from saekit.distributed.metrics import (
     dead_latent_tracker,
     global_fvu,
     mean_over_group,
+    row_mean_over_group,
     reduce_metrics,
 )
 from saekit.distributed.sharded_sae import (
@@ -68,6 +69,7 @@ __all__ = [
     "load_sharded",
     "load_unsharded",
     "mean_over_group",
+    "row_mean_over_group",
     "read_manifest",
     "reduce_from_group",
     "reduce_metrics",

@@ -58,7 +58,8 @@ def fvu_share(x: torch.Tensor, x_hat: torch.Tensor, total: torch.Tensor, group) 
 def data_parallel_auxk(residual: torch.Tensor, aux_reconstruction: torch.Tensor, group) -> torch.Tensor:
     """This rank's share of the global batch's AuxK loss (before its coefficient): the
     data_parallel_fvu of predicting the residual [..., d] (treated as a constant) by the decode of
-    the dead latents [..., d]. With one rank it equals ``saekit.nn.metrics.auxk_loss``."""
-    if residual.numel() == 0:
+    the dead latents [..., d]. With one rank it equals ``saekit.nn.metrics.auxk_loss``. A rank
+    without rows still joins the all-reduce of the variance (the others wait for it)."""
+    if residual.numel() == 0 and group_size(group) == 1:
         return residual.new_zeros(())
     return data_parallel_fvu(residual.detach(), aux_reconstruction, group)

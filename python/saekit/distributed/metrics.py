@@ -39,10 +39,19 @@ def all_reduce_gradients(module: torch.nn.Module, group) -> None:
 
 def mean_over_group(t: torch.Tensor, group) -> torch.Tensor:
     """The mean of ``t`` (any shape, same on every rank) over ``group``, as a new float32 tensor
-    (e.g. the b_dec initialisation from the mean of every data rank's first batch)."""
+    (e.g. a metric every rank computed on its own batch)."""
     out = t.detach().float().clone()
     all_reduce_(out, group, "all-reduce of a mean over the data group")
     return out / group_size(group)
+
+
+def row_mean_over_group(x: torch.Tensor, group) -> torch.Tensor:
+    """[d] float32 mean of the rows x [N, d] of every rank of ``group`` together, weighted by
+    their numbers of rows (a rank may have none): the b_dec initialisation."""
+    x2 = x.detach().reshape(-1, x.shape[-1]).double()
+    stats = torch.cat([x2.sum(0), x2.new_tensor([x2.shape[0]])])
+    all_reduce_(stats, group, "all-reduce of the mean activation over the data group")
+    return (stats[:-1] / stats[-1].clamp_min(1)).float()
 
 
 def reduce_metrics(metrics: dict, group, *, op: str = "mean") -> dict:

@@ -32,14 +32,16 @@ _RECOMPUTE_ELEMENTS = 1 << 22
 
 
 def _rows_dot(vectors: torch.Tensor, table: torch.Tensor, local: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """out[n, j] = vectors[n] . table[local[n, j]] in ``acc``: [N, d], [Ms, d], [N, c] -> [N, c]."""
+    """out[n, j] = vectors[n] . table[local[n, j]] in ``acc``: [N, d], [Ms, d], [N, c] -> [N, c].
+    Never under autocast: the merge must rank the candidates by the kernels' float32 scores."""
     N, c = local.shape
     d = vectors.shape[1]
     out = torch.empty(N, c, dtype=acc, device=vectors.device)
     step = max(1, _RECOMPUTE_ELEMENTS // max(1, c * d))
-    for s in range(0, N, step):
-        rows = table[local[s:s + step]].to(acc)  # [n, c, d]
-        out[s:s + step] = torch.bmm(rows, vectors[s:s + step].to(acc).unsqueeze(-1)).squeeze(-1)
+    with torch.autocast(vectors.device.type, enabled=False):
+        for s in range(0, N, step):
+            rows = table[local[s:s + step]].to(acc)  # [n, c, d]
+            out[s:s + step] = torch.bmm(rows, vectors[s:s + step].to(acc).unsqueeze(-1)).squeeze(-1)
     return out
 
 

@@ -231,9 +231,9 @@ class Trainer:
         """[d] mean of the rows x [N, d] (of every data rank's rows): b_dec's initial value."""
         if self.ctx is None:
             return x.float().mean(0)
-        from saekit.distributed.metrics import mean_over_group
+        from saekit.distributed.metrics import row_mean_over_group
 
-        return mean_over_group(x.float().mean(0), self.ctx.data_group)
+        return row_mean_over_group(x, self.ctx.data_group)
 
     def _step_variance(self, xs: list) -> torch.Tensor | None:
         """The total variance of the step's rows (every micro-batch, every data rank), for a step
