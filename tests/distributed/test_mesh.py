@@ -48,19 +48,24 @@ def test_data_parallel_training_matches_one_process(mesh2x2):
             assert torch.equal(ranks[2 * data_rank]["train"][step]["indices"], expected)
 
 
+def _assert_grads_of(sae, ranks, key):
+    """Each data rank's latent shards of ranks' gradients ``key`` stitch into sae's gradients."""
+    for data_rank in range(2):
+        pair = ranks[2 * data_rank:2 * data_rank + 2]
+        for name in ("W_enc", "b_enc", "W_dec"):
+            stitched = torch.cat([r[key][name] for r in pair])
+            torch.testing.assert_close(stitched, getattr(sae, name).grad, rtol=1e-5, atol=1e-6)
+        for r in pair:
+            torch.testing.assert_close(r[key]["b_dec"], sae.b_dec.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_ddp_over_the_data_group_matches_one_process(mesh2x2):
     _, ranks = mesh2x2
     t = TRAIN.tensors()
     sae = full_sae(TRAIN)
     out = sae(t["x"], dead=t["dead"])
     ((t["x"] - out.x_hat).pow(2).sum() / TRAIN.N).backward()
-    for data_rank in range(2):
-        pair = ranks[2 * data_rank:2 * data_rank + 2]
-        for name in ("W_enc", "b_enc", "W_dec"):
-            stitched = torch.cat([r["ddp_grads"][name] for r in pair])
-            torch.testing.assert_close(stitched, getattr(sae, name).grad, rtol=1e-5, atol=1e-6)
-        for r in pair:
-            torch.testing.assert_close(r["ddp_grads"]["b_dec"], sae.b_dec.grad, rtol=1e-5, atol=1e-6)
+    _assert_grads_of(sae, ranks, "ddp_grads")
 
 
 def test_dead_latents_and_metrics_reduced_over_data_group(mesh2x2):
@@ -92,13 +97,7 @@ def test_a_data_rank_without_rows(mesh2x2):
     sae = full_sae(TRAIN)
     out = sae(t["x"], dead=t["dead"])
     (fvu(t["x"], out.x_hat) + auxk_loss(t["x"] - out.x_hat, sae.decode_without_bias(out.aux)) / 32).backward()
-    for data_rank in range(2):
-        pair = ranks[2 * data_rank:2 * data_rank + 2]
-        for name in ("W_enc", "b_enc", "W_dec"):
-            stitched = torch.cat([r["uneven_grads"][name] for r in pair])
-            torch.testing.assert_close(stitched, getattr(sae, name).grad, rtol=1e-5, atol=1e-6)
-        for r in pair:
-            torch.testing.assert_close(r["uneven_grads"]["b_dec"], sae.b_dec.grad, rtol=1e-5, atol=1e-6)
+    _assert_grads_of(sae, ranks, "uneven_grads")
     expected = torch.cat([t["x"], t["x"][:4]]).float().mean(0)
     for r in ranks:
         torch.testing.assert_close(r["row_mean"], expected)
