@@ -20,12 +20,17 @@ def test_config_file_with_flags_overriding(tmp_path):
     assert (args.steps, args.k, args.arch, args.out) == (9, 3, "topk", "x")
 
 
-def test_bad_config_and_flags(tmp_path, capsys):
+def _config_error(tmp_path, capsys, toml: str) -> str:
+    """What `saekit train --config` with this TOML prints when it refuses it."""
     cfg = tmp_path / "run.toml"
-    cfg.write_text("stepz = 7\n")
+    cfg.write_text(toml)
     with pytest.raises(SystemExit):
         parse_args(["train", "--config", str(cfg)])
-    assert "unknown key 'stepz'" in capsys.readouterr().err
+    return capsys.readouterr().err
+
+
+def test_bad_config_and_flags(tmp_path, capsys):
+    assert "unknown key 'stepz'" in _config_error(tmp_path, capsys, "stepz = 7\n")
     assert main(["train", "--fast", "--arch", "relu", "--out", str(tmp_path)]) == 2
     assert "unknown architecture 'relu'" in capsys.readouterr().err
 
@@ -45,11 +50,8 @@ def test_zero_or_negative_counts_are_errors_not_defaults(argv, message, capsys):
 
 
 def test_counts_from_a_config_file_are_checked_too(tmp_path, capsys):
-    cfg = tmp_path / "run.toml"
-    cfg.write_text('steps = "10"\n')
-    with pytest.raises(SystemExit):
-        parse_args(["train", "--config", str(cfg)])
-    assert "--steps must be an integer of at least 1, got '10'" in capsys.readouterr().err
+    message = "--steps must be an integer of at least 1, got '10'"
+    assert message in _config_error(tmp_path, capsys, 'steps = "10"\n')
 
 
 def test_checkpoint_every_zero_is_allowed():

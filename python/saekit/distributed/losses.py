@@ -17,15 +17,19 @@ from saekit.nn._casting import flatten_rows
 from saekit.nn.metrics import fvu
 
 
-def global_total_variance(x: torch.Tensor, group) -> torch.Tensor:
+def global_total_variance(x, group) -> torch.Tensor:
     """sum ||x - mean(x)||^2 over every row of every rank of ``group``, the mean taken over all
-    of them; x [..., d] this rank's rows. One all-reduce of 2 d + 1 float64 numbers; returns a
-    float64 scalar, identical on every rank, without gradient."""
+    of them; x [..., d] this rank's rows, or a list of such (a step's micro-batches, taken one at
+    a time). One all-reduce of 2 d + 1 float64 numbers; returns a float64 scalar, identical on
+    every rank, without gradient."""
     with torch.no_grad():
-        x2 = flatten_rows(x).double()
-        stats = torch.cat([x2.sum(0), x2.pow(2).sum(0), x2.new_tensor([x2.shape[0]])])
+        stats = None
+        for part in [x] if isinstance(x, torch.Tensor) else x:
+            x2 = flatten_rows(part).double()
+            moments = torch.cat([x2.sum(0), x2.pow(2).sum(0), x2.new_tensor([x2.shape[0]])])
+            stats = moments if stats is None else stats + moments
         all_reduce_(stats, group, "all-reduce of variance statistics")
-        d = x2.shape[1]
+        d = (stats.shape[0] - 1) // 2
         s1, s2, n = stats[:d], stats[d:2 * d], stats[2 * d]
         return (s2 - s1.pow(2) / n.clamp_min(1)).sum().clamp_min(0.0)
 
@@ -38,12 +42,9 @@ def data_parallel_fvu(x: torch.Tensor, x_hat: torch.Tensor, group) -> torch.Tens
     and D the group's size. Its mean over the group, and the mean of its gradients, are the
     global batch's FVU and its gradient. With one rank it is exactly ``saekit.nn.fvu``.
     """
-    world = group_size(group)
-    if world == 1:
+    if group_size(group) == 1:
         return fvu(x, x_hat)
-    err = (flatten_rows(x).float() - flatten_rows(x_hat, "x_hat").float()).pow(2).sum()
-    total = global_total_variance(x, group).clamp_min(torch.finfo(torch.float32).tiny)
-    return err * (world / total).float()
+    return fvu_share(x, x_hat, global_total_variance(x, group), group)
 
 
 def fvu_share(x: torch.Tensor, x_hat: torch.Tensor, total: torch.Tensor, group) -> torch.Tensor:

@@ -243,7 +243,7 @@ class Trainer:
         from saekit.distributed.losses import global_total_variance
 
         group = None if self.ctx is None else self.ctx.data_group
-        return global_total_variance(torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]), group)
+        return global_total_variance(xs, group)
 
     def _losses(self, sae, x, out, with_aux: bool, total):
         """(FVU, AuxK) of this micro-batch: the FVU as its share of the step's (``total``: the
